@@ -1,0 +1,98 @@
+"""Text-conditional DCGAN on image-caption pairs.
+
+Run (trains on the embedded `digits_captions` data, ~15 min on 2 CPU cores):
+    python -m mmgen_jax.main --config=configs/gan.py --workdir=runs/gan
+Variants: `configs/gan.py:smoke` (seconds; tests and CI), `configs/gan.py:dcgan32`
+(exactly the peer benchmark's architecture and step, ../shared/peers/SPEC.md).
+Override any field: --config.train.num_steps=200 --config.data.data_dir=/data/tfds
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # base seed: parameters, noise and data order all derive from it
+
+    c.data = d = ml_collections.ConfigDict()
+    d.name = "digits_captions"  # TFDS dataset name (embedded ones are prepared on first use)
+    d.data_dir = ""  # TFDS data_dir; "" = $MMGEN_DATA_DIR or ~/tensorflow_datasets
+    d.train_split = "train"  # split the model trains on
+    d.eval_split = "test"  # split whose captions drive the sample grids
+    d.image_size = 32  # images are resized to image_size x image_size RGB
+    d.max_text_len = 64  # caption length in UTF-8 byte tokens; longer captions are cut
+    d.num_threads = 2  # Grain reader threads per process
+    d.prefetch = 4  # batches Grain prepares ahead of the step
+
+    c.model = m = ml_collections.ConfigDict()
+    m.family = "gan"  # model family in mmgen_jax.families
+    m.noise_dim = 64  # size of z
+    m.g_width = 32  # generator base width (channels double towards the 4x4 start)
+    m.d_width = 32  # discriminator base width (channels double at each downsampling)
+    m.impl = "fast"  # strided convs: "fast" (sub-pixel, no dilated convs) or "textbook"
+    m.conditioning = "projection"  # how D uses the caption: "projection" or "concat"
+    m.text_proj_dim = 128  # width of the caption projection inside G and D
+    m.text_encoder = "conv"  # caption encoder: "conv" (1-D conv stack) or "transformer"
+    m.text_embed_dim = 64  # byte-token embedding width
+    m.text_width = 128  # hidden width of the caption encoder
+    m.text_layers = 2  # caption encoder depth
+    m.text_dim = 128  # pooled caption embedding size
+    m.dtype = "float32"  # compute dtype ("bfloat16" on accelerators; params stay float32)
+
+    c.train = t = ml_collections.ConfigDict()
+    t.num_steps = 6000  # total optimisation steps (one D and one G update each)
+    t.batch_size = 64  # global batch size, split over all devices of all processes
+    t.loss = "nonsaturating"  # "nonsaturating" (-log D) or "hinge"
+    t.matching_aware = True  # real image + mismatched caption counts as a negative for D
+    t.mismatch_weight = 0.5  # share of D's negative term given to mismatched captions
+    t.update = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
+    t.lr_g = 2e-4  # Adam learning rate of G
+    t.lr_d = 2e-4  # Adam learning rate of D
+    t.b1 = 0.5  # Adam beta1 (DCGAN)
+    t.b2 = 0.999  # Adam beta2
+    t.ema_decay = 0.999  # EMA of generator params used for sampling (0 = no EMA)
+    t.log_every = 100  # steps between metric lines
+    t.checkpoint_every = 1000  # steps between (asynchronous) checkpoints
+    t.max_to_keep = 2  # checkpoints kept on disk
+    t.sample_every = 1000  # steps between sample grids
+    t.sample_rows = 8  # captions in a sample grid
+    t.sample_cols = 4  # generated images per caption in a sample grid
+
+    if arg:
+        for variant in arg.split(","):
+            VARIANTS[variant](c)
+    return c
+
+
+def _smoke(c):
+    """Tiny and fast: for tests and CI."""
+    c.model.noise_dim = 16
+    c.model.g_width = 8
+    c.model.d_width = 8
+    c.model.text_proj_dim = 16
+    c.model.text_embed_dim = 16
+    c.model.text_width = 16
+    c.model.text_layers = 1
+    c.model.text_dim = 16
+    c.train.num_steps = 6
+    c.train.batch_size = 8
+    c.train.log_every = 2
+    c.train.checkpoint_every = 3
+    c.train.sample_every = 3
+    c.train.sample_rows = 2
+    c.train.sample_cols = 2
+
+
+def _dcgan32(c):
+    """Exactly the peer benchmark's network and step (../shared/peers/SPEC.md)."""
+    c.model.noise_dim = 100
+    c.model.g_width = 64
+    c.model.d_width = 64
+    c.model.conditioning = "concat"
+    c.model.text_proj_dim = 128
+    c.model.text_dim = 128
+    c.train.batch_size = 64
+    c.train.matching_aware = False
+    c.train.update = "simultaneous"
+
+
+VARIANTS = {"smoke": _smoke, "dcgan32": _dcgan32}

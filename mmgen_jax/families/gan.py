@@ -1,0 +1,201 @@
+"""Text-conditional GAN: state, init, the pure per-device train step, generation.
+
+`train_step` is written for one device's shard of the batch (pmap-style): gradients,
+metrics and BatchNorm statistics are averaged over the named axis `axis_name`.
+`mmgen_jax.parallel.data_parallel` maps it over all devices.
+"""
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmgen_jax import losses
+from mmgen_jax.models import dcgan
+from mmgen_jax.models import text as text_lib
+from mmgen_jax.models.conditional import TextConditioned
+
+
+@flax.struct.dataclass
+class NetState:
+    """One network's trainable part: parameters, BatchNorm statistics, optimizer state."""
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+@flax.struct.dataclass
+class GANState:
+    step: jax.Array  # int32 scalar: optimisation steps taken
+    rng: jax.Array  # raw uint32 PRNG key; per step and example via fold_in
+    g: NetState
+    d: NetState
+    ema_params: Any  # exponential moving average of g.params, used for sampling
+
+
+class GAN:
+    """The family: networks and optimizers from a config, and pure functions over GANState."""
+
+    def __init__(self, config, axis_name="data"):
+        self.config = config
+        self.axis_name = axis_name
+        t = config.train
+        if t.update not in ("alternating", "simultaneous"):
+            raise ValueError(
+                f"config.train.update={t.update!r}: use 'alternating' or 'simultaneous'")
+        # BatchNorm averages its statistics over `axis_name` inside the mapped step; the
+        # `_local` twins (same parameters) run outside it: at init and when sampling.
+        self.generator = self._generator(axis_name)
+        self.discriminator = self._discriminator(axis_name)
+        self._generator_local = self._generator(None)
+        self._discriminator_local = self._discriminator(None)
+        self.tx_g = optax.adam(t.lr_g, b1=t.b1, b2=t.b2)
+        self.tx_d = optax.adam(t.lr_d, b1=t.b1, b2=t.b2)
+
+    # ---- networks ----------------------------------------------------------------
+    def _text_encoder(self):
+        m = self.config.model
+        return text_lib.TextEncoder(
+            embed_dim=m.text_embed_dim, width=m.text_width, num_layers=m.text_layers,
+            out_dim=m.text_dim, kind=m.text_encoder, dtype=jnp.dtype(m.dtype))
+
+    def _generator(self, axis_name):
+        m, d = self.config.model, self.config.data
+        net = dcgan.Generator(
+            image_size=d.image_size, base_width=m.g_width, text_proj_dim=m.text_proj_dim,
+            impl=m.impl, axis_name=axis_name, dtype=jnp.dtype(m.dtype))
+        return TextConditioned(encoder=self._text_encoder(), net=net)
+
+    def _discriminator(self, axis_name):
+        m, d = self.config.model, self.config.data
+        net = dcgan.Discriminator(
+            image_size=d.image_size, base_width=m.d_width, text_proj_dim=m.text_proj_dim,
+            conditioning=m.conditioning, impl=m.impl, axis_name=axis_name,
+            dtype=jnp.dtype(m.dtype))
+        return TextConditioned(encoder=self._text_encoder(), net=net)
+
+    # ---- state -------------------------------------------------------------------
+    def init(self, rng) -> GANState:
+        """A fresh state; deterministic in `rng`."""
+        m, d = self.config.model, self.config.data
+        key_g, key_d, key_run = jax.random.split(rng, 3)
+        z = jnp.zeros((1, m.noise_dim), jnp.float32)
+        tokens = jnp.zeros((1, d.max_text_len), jnp.int32)
+        images = jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32)
+        g_vars = self._generator_local.init(key_g, z, tokens, train=False)
+        d_vars = self._discriminator_local.init(key_d, images, tokens, train=False)
+
+        def net_state(variables, tx):
+            return NetState(params=variables["params"],
+                            batch_stats=variables.get("batch_stats", {}),
+                            opt_state=tx.init(variables["params"]))
+
+        return GANState(step=jnp.zeros((), jnp.int32), rng=key_run,
+                        g=net_state(g_vars, self.tx_g), d=net_state(d_vars, self.tx_d),
+                        ema_params=g_vars["params"])
+
+    @staticmethod
+    def device_batch(batch):
+        """The host batch fields the step reads, in device dtypes (no int64 on device)."""
+        return {"image": batch["image"], "text": batch["text"],
+                "index": (batch["index"] % 2**32).astype("uint32")}
+
+    # ---- the step ----------------------------------------------------------------
+    def train_step(self, state: GANState, batch):
+        """One D and one G update on this device's shard; returns (state, metrics)."""
+        t = self.config.train
+        key = jax.random.fold_in(state.rng, state.step)
+        z = self.noise(key, batch["index"])
+        real, tokens = batch["image"], batch["text"]
+        wrong = self._mismatched(tokens, batch["index"]) if t.matching_aware else None
+
+        def generate(g_params):
+            fake, new_vars = self.generator.apply(
+                {"params": g_params, "batch_stats": state.g.batch_stats}, z, tokens,
+                train=True, mutable=["batch_stats"])
+            return fake, new_vars["batch_stats"]
+
+        fake, g_vjp, g_stats = jax.vjp(generate, state.g.params, has_aux=True)
+
+        def discriminate(d_params, images, toks):
+            logits, new_vars = self.discriminator.apply(
+                {"params": d_params, "batch_stats": state.d.batch_stats}, images, toks,
+                train=True, mutable=["batch_stats"])
+            return logits.astype(jnp.float32), new_vars["batch_stats"]
+
+        def objectives(d_params, fake):
+            # D's running statistics follow the real batches (they are never used for
+            # sampling: D always runs on batch statistics).
+            real_logits, d_stats = discriminate(d_params, real, tokens)
+            fake_logits, _ = discriminate(d_params, fake, tokens)
+            wrong_logits = None if wrong is None else discriminate(d_params, real, wrong)[0]
+            d_loss = losses.discriminator_loss(t.loss, real_logits, fake_logits, wrong_logits,
+                                               t.mismatch_weight)
+            g_loss = losses.generator_loss(t.loss, fake_logits)
+            return (d_loss, g_loss), (d_stats, real_logits, fake_logits)
+
+        # One forward through D serves both players; each backward below keeps only the
+        # cotangents it needs, and XLA drops the rest.
+        (d_loss, g_loss), d_vjp, (d_stats, real_logits, fake_logits) = jax.vjp(
+            objectives, state.d.params, fake, has_aux=True)
+        one, zero = jnp.ones_like(d_loss), jnp.zeros_like(d_loss)
+        d_grads = jax.lax.pmean(d_vjp((one, zero))[0], self.axis_name)
+        new_d = _apply(state.d, d_grads, d_stats, self.tx_d)
+
+        if t.update == "simultaneous":  # G's gradient through the not yet updated D
+            fake_grads = d_vjp((zero, one))[1]
+        else:  # alternating: G plays against the freshly updated D
+            def g_objective(fake):
+                logits, _ = discriminate(new_d.params, fake, tokens)
+                return losses.generator_loss(t.loss, logits)
+
+            g_loss, fake_grads = jax.value_and_grad(g_objective)(fake)
+        g_grads = jax.lax.pmean(g_vjp(fake_grads)[0], self.axis_name)
+        new_g = _apply(state.g, g_grads, g_stats, self.tx_g)
+
+        ema = (new_g.params if t.ema_decay == 0 else
+               optax.incremental_update(new_g.params, state.ema_params, 1.0 - t.ema_decay))
+        metrics = {
+            "d_loss": d_loss, "g_loss": g_loss,
+            "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),  # D's belief that reals are real
+            "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),  # ... and that fakes are real
+        }
+        metrics = jax.lax.pmean(metrics, self.axis_name)
+        new_state = state.replace(step=state.step + 1, g=new_g, d=new_d, ema_params=ema)
+        return new_state, metrics
+
+    def noise(self, key, index):
+        """z for each example from its global stream index: independent of device count."""
+        nz = self.config.model.noise_dim
+        return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (nz,)))(index)
+
+    def _mismatched(self, tokens, index):
+        """Each example's 'wrong' caption: the caption of the example whose stream index
+        comes next in the global batch (cyclically). It depends on the indices only, so
+        any split of the batch over devices and processes pairs the same examples."""
+        n = tokens.shape[0]
+        all_tokens = jax.lax.all_gather(tokens, self.axis_name, tiled=True)
+        all_index = jax.lax.all_gather(index, self.axis_name, tiled=True)
+        start = jax.lax.axis_index(self.axis_name) * n
+        order = jnp.argsort(all_index)  # rows in stream order
+        rank = jnp.argsort(order)  # each row's place in that order
+        mine = jax.lax.dynamic_slice_in_dim(rank, start, n)
+        return all_tokens[order[(mine + 1) % all_index.shape[0]]]
+
+    # ---- sampling ----------------------------------------------------------------
+    def sampling_variables(self, state: GANState):
+        """The EMA generator (or the live one when EMA is off) with its BN statistics."""
+        params = state.ema_params if self.config.train.ema_decay else state.g.params
+        return {"params": params, "batch_stats": state.g.batch_stats}
+
+    def generate(self, variables, tokens, key, indices):
+        """Images in [-1, 1] for caption tokens; image i uses noise fold_in(key, indices[i])."""
+        z = self.noise(key, indices)
+        return self._generator_local.apply(variables, z, tokens, train=False)
+
+
+def _apply(net: NetState, grads, batch_stats, tx) -> NetState:
+    updates, opt_state = tx.update(grads, net.opt_state, net.params)
+    return NetState(params=optax.apply_updates(net.params, updates),
+                    batch_stats=batch_stats, opt_state=opt_state)

@@ -1,0 +1,46 @@
+"""Pure GAN loss functions on discriminator logits (no project imports).
+
+Each returns a scalar mean over the (per-device) batch. Working on logits with
+softplus keeps the log-sigmoid terms finite for any logit:
+  -log sigmoid(x) = softplus(-x),   -log(1 - sigmoid(x)) = softplus(x).
+"""
+import jax
+import jax.numpy as jnp
+
+
+def _real_term(loss, logits):
+    """The D-loss term that pushes `logits` towards 'real'."""
+    if loss == "nonsaturating":
+        return jnp.mean(jax.nn.softplus(-logits))  # -E[log D(x)]
+    if loss == "hinge":
+        return jnp.mean(jax.nn.relu(1.0 - logits))  # E[max(0, 1 - D(x))]
+    raise ValueError(f"unknown GAN loss {loss!r}; use 'nonsaturating' or 'hinge'")
+
+
+def _fake_term(loss, logits):
+    """The D-loss term that pushes `logits` towards 'fake'."""
+    if loss == "nonsaturating":
+        return jnp.mean(jax.nn.softplus(logits))  # -E[log(1 - D(G(z)))]
+    if loss == "hinge":
+        return jnp.mean(jax.nn.relu(1.0 + logits))  # E[max(0, 1 + D(G(z)))]
+    raise ValueError(f"unknown GAN loss {loss!r}; use 'nonsaturating' or 'hinge'")
+
+
+def discriminator_loss(loss, real_logits, fake_logits, mismatched_logits=None,
+                       mismatch_weight=0.5):
+    """L_D = real(x) + fake(G(z)); with mismatched captions (GAN-INT-CLS), the
+    negative side is shared: real(x) + (1 - w) fake(G(z)) + w fake(x, wrong caption)."""
+    negative = _fake_term(loss, fake_logits)
+    if mismatched_logits is not None:
+        negative = ((1.0 - mismatch_weight) * negative
+                    + mismatch_weight * _fake_term(loss, mismatched_logits))
+    return _real_term(loss, real_logits) + negative
+
+
+def generator_loss(loss, fake_logits):
+    """Non-saturating L_G = -E[log D(G(z))]; hinge L_G = -E[D(G(z))]."""
+    if loss == "nonsaturating":
+        return _real_term(loss, fake_logits)
+    if loss == "hinge":
+        return -jnp.mean(fake_logits)
+    raise ValueError(f"unknown GAN loss {loss!r}; use 'nonsaturating' or 'hinge'")

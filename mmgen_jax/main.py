@@ -1,0 +1,27 @@
+"""Train a model: python -m mmgen_jax.main --config=configs/gan.py --workdir=runs/gan
+
+Re-running the same command resumes from the latest checkpoint in --workdir.
+Override config fields with --config.train.num_steps=200; pick variants with
+--config=configs/gan.py:smoke.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mmgen_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "The run's directory: checkpoints, metrics, samples.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.INFO)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,93 @@
+"""Data parallelism: one 1-D device mesh ('data',) over all devices of all processes.
+
+A family writes its step pmap-style, for one device's shard of the batch, averaging
+gradients, metrics and BatchNorm statistics with `lax.pmean(..., AXIS)`. `data_parallel`
+maps that function over the mesh with `jax.shard_map` inside `jax.jit` -- what
+`jax.pmap` itself lowers to -- replicating the state and splitting the batch.
+"""
+import collections
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over `devices` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+    """Places a host or device pytree on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """This process's rows -> global arrays split along the batch axis over the mesh.
+
+    Every process passes its own host-local rows; the global batch is their
+    concatenation in process order. The copy to devices is asynchronous.
+    """
+    local_devices = len(mesh.local_devices)
+    sharding = batch_sharding(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        if x.shape[0] % local_devices:
+            raise ValueError(
+                f"the per-process batch ({x.shape[0]} rows) must divide evenly over this "
+                f"process's {local_devices} devices; choose train.batch_size as a multiple "
+                f"of {jax.device_count()}")
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(put, local_batch)
+
+
+def data_parallel(per_device_step, mesh: Mesh, donate_state: bool = True):
+    """jit(shard_map(step)): `step(state, batch) -> (state, metrics)` over all devices.
+
+    The state (first argument) is replicated and, by default, donated so its buffers
+    are reused for the new state; the batch is split along axis 0. Both outputs are
+    replicated: the step must make them identical on every device (pmean).
+    `check_vma=False` keeps pmap's semantics, where gradients of replicated params
+    are per-device until the step averages them explicitly.
+    """
+    mapped = jax.shard_map(
+        per_device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
+        check_vma=False)
+    return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
+
+
+class Prefetcher:
+    """Keeps `size` batches on their way to the devices while the step runs.
+
+    `stream` yields host batches and has `get_state()`; `put` places a host batch on
+    the mesh. `state` is the stream state after the batches already *returned* by
+    `__next__` -- the one to checkpoint, since prefetched batches are not yet consumed.
+    """
+
+    def __init__(self, stream, put, size=2):
+        self._stream, self._put, self._size = stream, put, size
+        self._queue = collections.deque()
+        self.state = stream.get_state()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while len(self._queue) < self._size:
+            batch = self._put(next(self._stream))
+            self._queue.append((batch, self._stream.get_state()))
+        batch, self.state = self._queue.popleft()
+        return batch

@@ -1,0 +1,184 @@
+"""The family-agnostic training loop: init-or-resume, step, log, checkpoint, sample."""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mmgen_jax import checkpoint, families, parallel, writers
+from mmgen_jax.data import pipeline, prepare
+
+# Fields that may change between a run and its resumption; any other change means a
+# different experiment, which needs its own workdir.
+RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.checkpoint_every",
+                     "train.max_to_keep", "train.sample_every", "data.data_dir",
+                     "data.num_threads", "data.prefetch")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    Returns the final state.
+    """
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    _write_run_files(config, workdir, is_main)
+
+    mesh = parallel.make_mesh()
+    family = families.get(config.model.family)(config, axis_name=parallel.AXIS)
+    data_dir = config.data.data_dir or prepare.default_data_dir()
+    stream = pipeline.TrainStream(
+        name=config.data.name, data_dir=data_dir, split=config.data.train_split,
+        image_size=config.data.image_size, max_text_len=config.data.max_text_len,
+        global_batch_size=config.train.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   max_to_keep=config.train.max_to_keep)
+    rng = jax.random.PRNGKey(config.seed)
+    state, start = _restore_or_init(family, ckpt, stream, rng, mesh)
+
+    num_steps = config.train.num_steps
+    if start >= num_steps:
+        logging.info("%s already trained to step %d (num_steps=%d): nothing to do.",
+                     workdir, start, num_steps)
+        ckpt.close()
+        return state
+
+    train_step = parallel.data_parallel(family.train_step, mesh)
+    batches = parallel.Prefetcher(
+        stream, lambda b: parallel.global_batch(family.device_batch(b), mesh))
+    writer = writers.MetricWriter(workdir, enabled=is_main)
+    progress = writers.Progress(num_steps, start, enabled=is_main)
+    samples = _SampleGrid(config, family, data_dir, workdir) if is_main else None
+    stop = checkpoint.StopRequest()
+    pending = []  # this interval's metrics, still on device: no sync per step
+    t = config.train
+    logging.info("Training %s from step %d to %d on %d devices (%d processes).",
+                 config.model.family, start, num_steps, jax.device_count(), jax.process_count())
+
+    step = start
+    try:
+        for step in range(start + 1, num_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            pending.append(metrics)
+            stopping = _should_stop(stop, ckpt, step)
+            last = step == num_steps or stopping
+            if step % t.log_every == 0 or last:
+                averaged = _mean_metrics(pending, step)
+                pending = []
+                rate = progress.log(step, averaged)
+                writer.scalars(step, {**averaged, "steps_per_sec": rate})
+            if step % t.checkpoint_every == 0 or last:
+                ckpt.save(step, state, batches.state)
+            if samples is not None and (step % t.sample_every == 0 or last):
+                samples.write(step, state, writer)
+            if stopping:
+                logging.warning("Stop requested (SIGTERM): saved step %d; exiting.", step)
+                break
+    finally:
+        ckpt.wait()  # an async save must complete before the process may exit
+        ckpt.close()
+        stop.restore_handlers()
+        progress.close()
+        writer.close()
+    return state
+
+
+def _restore_or_init(family, ckpt, stream, rng, mesh):
+    """Resumes from the workdir's latest checkpoint, else initialises. -> (state, step)."""
+    replicated = parallel.replicated(mesh)
+    latest = ckpt.latest_step()
+    if latest is None:
+        state = jax.jit(family.init, out_shardings=replicated)(rng)
+        return state, 0
+    target = checkpoint.abstract(jax.eval_shape(family.init, rng), replicated)
+    state, data_state = ckpt.restore(target, latest)
+    stream.set_state(data_state)
+    logging.info("Resumed from checkpoint at step %d.", latest)
+    return state, latest
+
+
+def _should_stop(stop, ckpt, step):
+    # Multi-process runs must agree on the step: Orbax's preemption sync point does that.
+    if jax.process_count() > 1:
+        return ckpt.reached_preemption(step)
+    return bool(stop)
+
+
+def _mean_metrics(pending, step):
+    host = jax.device_get(pending)
+    averaged = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    bad = [k for k, v in averaged.items() if not np.isfinite(v)]
+    if bad:
+        raise FloatingPointError(
+            f"{', '.join(bad)} became non-finite by step {step}. The run diverged: resume "
+            f"from the last checkpoint with smaller learning rates (--config.train.lr_g, "
+            f"--config.train.lr_d) or start a new workdir.")
+    return averaged
+
+
+class _SampleGrid:
+    """Fixed captions from the eval split, their real images and EMA-generator samples."""
+
+    def __init__(self, config, family, data_dir, workdir):
+        t, d = config.train, config.data
+        examples = pipeline.eval_batch(
+            name=d.name, data_dir=data_dir, split=d.eval_split, image_size=d.image_size,
+            max_text_len=d.max_text_len, num=max(64, t.sample_rows))
+        # Prefer captions the grid's font surely draws (ASCII), keep stored order.
+        order = sorted(range(len(examples["caption"])),
+                       key=lambda i: not examples["caption"][i].isascii())[:t.sample_rows]
+        self.captions = [examples["caption"][i] for i in order]
+        self.real = examples["image"][order]
+        cols = t.sample_cols
+        self.tokens = np.repeat(examples["text"][order], cols, axis=0)
+        self.indices = np.arange(len(self.tokens), dtype=np.uint32)
+        self.key = jax.random.PRNGKey(config.seed + 1)
+        self.cols, self.family = cols, family
+        self.dir = os.path.join(workdir, "samples")
+        os.makedirs(self.dir, exist_ok=True)
+        self._generate = jax.jit(family.generate)
+
+    def write(self, step, state, writer):
+        # Process 0 samples on its first device from its own copy of the replicated state.
+        variables = jax.tree.map(lambda x: x.addressable_data(0),
+                                 self.family.sampling_variables(state))
+        images = np.asarray(self._generate(variables, self.tokens, self.key, self.indices))
+        images = images.reshape(len(self.captions), self.cols, *images.shape[1:])
+        grid = writers.caption_grid(self.captions, self.real, images)
+        grid.save(os.path.join(self.dir, f"step_{step}.png"))
+        writer.image(step, "samples", grid)
+
+
+def _write_run_files(config, workdir, is_main):
+    """config.json (the run's identity) and manifest.json; refuses a changed experiment."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            saved = _flatten(json.load(f))
+        current = _flatten(json.loads(config.to_json()))
+        changed = sorted(k for k in set(saved) | set(current)
+                         if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(
+                f"{workdir} holds a run with a different config ({', '.join(changed)} "
+                f"differ from {path}). A workdir is one experiment: use a new --workdir, "
+                f"or rerun with the saved config to resume it.")
+    if is_main:
+        writers.write_json(path, json.loads(config.to_json()))
+        writers.write_json(os.path.join(workdir, "manifest.json"), writers.manifest(config))
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

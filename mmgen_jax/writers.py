@@ -1,0 +1,185 @@
+"""What a run writes: metrics (JSONL + TensorBoard), the progress line, image grids,
+the manifest. Only process 0 writes; the other processes get writers that do nothing."""
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+import time
+from importlib import metadata
+
+import numpy as np
+from absl import logging
+from PIL import Image, ImageDraw, ImageFont
+
+
+class MetricWriter:
+    """Appends `{"step", "wall_time", **metrics}` lines to metrics.jsonl and mirrors the
+    scalars to TensorBoard (tensorboardX: no TensorFlow in the training process)."""
+
+    def __init__(self, workdir, enabled=True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter  # imported lazily: process 0 only
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def scalars(self, step, metrics):
+        if not self.enabled:
+            return
+        metrics = {k: float(v) for k, v in metrics.items()}
+        record = {"step": int(step), "wall_time": time.time(), **metrics}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for name, value in metrics.items():
+            self._tb.add_scalar(name, value, int(step))
+
+    def image(self, step, tag, image: Image.Image):
+        if self.enabled:
+            self._tb.add_image(tag, np.asarray(image.convert("RGB")), int(step),
+                               dataformats="HWC")
+
+    def close(self):
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise one log line per call to `log`."""
+
+    def __init__(self, total, initial, enabled=True):
+        self.total = total
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+        self._last_step, self._last_time = initial, time.perf_counter()
+        self.enabled = enabled
+
+    def log(self, step, metrics):
+        """Reports `metrics` at `step`; returns the steps/s since the previous call."""
+        now = time.perf_counter()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        if not self.enabled:
+            return rate
+        shown = " ".join(f"{k}={float(v):.4f}" for k, v in metrics.items())
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix_str(shown)
+        else:
+            eta = (self.total - step) / rate if rate > 0 else float("inf")
+            logging.info("step %d/%d %s %.2f steps/s ETA %s", step, self.total, shown, rate,
+                         _duration(eta))
+        return rate
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds):
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def to_uint8(images):
+    """Float images in [-1, 1] -> uint8 in [0, 255] (uint8 input passes through)."""
+    if np.asarray(images).dtype == np.uint8:
+        return np.asarray(images)
+    images = np.asarray(images, np.float32)
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _font(size):
+    # A CJK-capable font when the system has one, so Chinese captions stay readable.
+    for name in ("NotoSansCJK-Regular.ttc", "wqy-microhei.ttc", "DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size)
+
+
+def caption_grid(captions, real, generated, scale=2, text_width=300):
+    """One row per caption: the caption, its real image, then its generated images.
+
+    captions: N strings; real: (N, H, W, 3) or None; generated: (N, K, H, W, 3); images
+    as floats in [-1, 1] or uint8.
+    """
+    generated = to_uint8(generated)
+    n, k, h, w, _ = generated.shape
+    cell, pad = h * scale, 4
+    font = _font(12)
+    columns = ([("real", to_uint8(real))] if real is not None else []) + [
+        (f"generated {j + 1}", generated[:, j]) for j in range(k)]
+    header = 16
+    grid = Image.new("RGB", (text_width + len(columns) * (cell + pad) + pad,
+                             header + n * (cell + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, (title, _) in enumerate(columns):
+        draw.text((text_width + c * (cell + pad) + pad, 2), title, fill="black", font=font)
+    for r, caption in enumerate(captions):
+        y = header + r * (cell + pad) + pad
+        lines = textwrap.wrap(caption, width=max(10, text_width // 7))[:cell // 14]
+        draw.multiline_text((pad, y), "\n".join(lines), fill="black", font=font, spacing=2)
+        for c, (_, images) in enumerate(columns):
+            tile = Image.fromarray(images[r]).resize((cell, cell), Image.NEAREST)
+            grid.paste(tile, (text_width + c * (cell + pad) + pad, y))
+    return grid
+
+
+def write_json(path, obj):
+    """Writes JSON atomically (temp file + rename): a crash never leaves half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def manifest(config):
+    """What produced a run: config hash, package versions, git revision, devices, flags."""
+    import hashlib
+
+    import jax
+    config_json = config.to_json(sort_keys=True)
+    versions = {}
+    for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+                    "tensorflow-datasets", "grain", "numpy", "ml-collections"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    devices = jax.devices()
+    return {
+        "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "git": _git_state(),
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "device_kinds": sorted({d.device_kind for d in devices}),
+        "device_count": len(devices),
+        "local_device_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _git_state():
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        return {"revision": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (an installed wheel)
