@@ -4,3 +4,34 @@ import os
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name="gan", arg="smoke"):
+    """configs/<name>.py's get_config(arg), as `--config=configs/<name>.py:<arg>` does."""
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir with the embedded digits_captions dataset prepared (once per session)."""
+    from mmgen_jax.data import prepare
+    path = tmp_path_factory.mktemp("tfds")
+    prepare.ensure_prepared("digits_captions", str(path))
+    return str(path)
+
+
+@pytest.fixture
+def smoke_config(data_dir):
+    config = load_config("gan", "smoke")
+    config.data.data_dir = data_dir
+    return config

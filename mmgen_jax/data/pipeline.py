@@ -109,8 +109,19 @@ def _shuffle_seed(seed: int) -> int:
   return int(np.random.SeedSequence(seed).generate_state(1)[0])
 
 
-def _attach_index(index: int, example: dict) -> tuple[int, dict]:
+def _attach_index(index: int, example: Any) -> tuple[int, Any]:
   return index, example
+
+
+def global_stream(source, seed: int) -> grain.MapDataset:
+  """The infinite global stream of (position, example), before sharding.
+
+  Shuffle before repeat: each epoch is a permutation of the source (Grain
+  derives an epoch's shuffle from the position, so every epoch is shuffled
+  anew) and epochs never mix.
+  """
+  ds = grain.MapDataset.source(source).shuffle(seed=_shuffle_seed(seed))
+  return ds.repeat(None).map_with_index(_attach_index)
 
 
 class TrainStream:
@@ -120,6 +131,10 @@ class TrainStream:
   in [-1, 1], `text` int32 (b, max_text_len), `index` int64 (b,) global stream
   positions, and `label`, `fg`, `bg` int32 / `held_out` bool when the dataset
   has them; b = global_batch_size // process_count.
+
+  `num_threads` batches are read in parallel by Grain threads and up to
+  max(prefetch, num_threads) batches are buffered ahead. `get_state()` counts
+  only the batches returned, never the prefetched ones.
   """
 
   def __init__(self, *, name: str, data_dir: str | None, split: str,
@@ -144,16 +159,16 @@ class TrainStream:
       out['index'] = np.int64(index)
       return out
 
-    ds = grain.MapDataset.source(builder.as_data_source(split))
-    # Shuffle before repeat: each epoch is a permutation (Grain reseeds the
-    # shuffle per epoch from the position), and epochs never mix.
-    ds = ds.shuffle(seed=_shuffle_seed(seed)).repeat(None)
-    ds = ds.map_with_index(_attach_index)  # position in the global stream
-    ds = ds[process_index::process_count]  # strided: keeps batches contiguous
+    ds = global_stream(builder.as_data_source(split), seed)
+    # Strided, so that each global batch is [s*G, (s+1)*G) for any P.
+    ds = ds[process_index::process_count]
     ds = ds.map(to_batch_element)
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+    # Grain runs at most `prefetch_buffer_size` reads at once (and warns when
+    # it is below num_threads), so the buffer holds at least num_threads batches.
     self._iterator = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=num_threads, prefetch_buffer_size=prefetch)).__iter__()
+        num_threads=num_threads,
+        prefetch_buffer_size=max(prefetch, num_threads))).__iter__()
     self._batches = 0
 
   def __iter__(self) -> 'TrainStream':
