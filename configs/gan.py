@@ -59,6 +59,9 @@ def get_config(arg=None):
 
     if arg:
         for variant in arg.split(","):
+            if variant not in VARIANTS:
+                raise ValueError(f"unknown variant {variant!r} of configs/gan.py; "
+                                 f"known: {', '.join(VARIANTS)}")
             VARIANTS[variant](c)
     return c
 

@@ -4,6 +4,8 @@ Re-running the same command resumes from the latest checkpoint in --workdir.
 Override config fields with --config.train.num_steps=200; pick variants with
 --config=configs/gan.py:smoke.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -16,6 +18,20 @@ flags.DEFINE_string("workdir", None, "The run's directory: checkpoints, metrics,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+    """absl parsing, with a one-line answer for a config override that names no field."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        sys.exit(f"FATAL: config has no field {e} (overrides given: {', '.join(overrides)}). "
+                 f"Fields and their meaning are listed in the config file.")
+    except ValueError as e:  # e.g. an unknown variant in --config=FILE:VARIANT
+        sys.exit(f"FATAL: {e}")
+    except flags.Error as e:
+        sys.exit(f"FATAL Flags parsing error: {e}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -24,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -162,11 +162,12 @@ def test_rendered_colours(examples, digits):
   checked = 0
   for ex in examples['test'][:40]:
     image, fg, bg = ex['image'], ex['fg'], ex['bg']
-    for corner in (image[0, 0], image[0, -1], image[-1, 0], image[-1, -1]):
-      assert tuple(corner) == dc.PALETTE[bg]
-    np.testing.assert_array_equal(
-        image, dc.render(digits.images[ex['image_id']], fg, bg))
-    a = dc.upsample(digits.images[ex['image_id']] / 16.0)
+    digit_image = digits.images[ex['image_id']]
+    for i, j in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+      if digit_image[i, j] == 0:  # no ink in that corner: background colour
+        assert tuple(image[i, j]) == dc.PALETTE[bg]
+    np.testing.assert_array_equal(image, dc.render(digit_image, fg, bg))
+    a = dc.upsample(digit_image / 16.0)
     if a.max() == 1.0:  # full-intensity pixels are exactly the fg colour
       assert {tuple(p) for p in image[a == 1.0]} == {dc.PALETTE[fg]}
       checked += 1
@@ -176,11 +177,11 @@ def test_rendered_colours(examples, digits):
 
 def test_captions_in_examples(examples, digits):
   by_key = {(ex['image_id'], ex['fg'], ex['bg']): ex for ex in examples['train']}
-  # Image 1 uses template (1 + slot) % 6, so template 0 at slot 5.
-  fg, bg = dc.image_pairs(1)[5]
-  assert not dc.is_held_out(digits.target[1], fg, bg)
-  assert by_key[(1, fg, bg)]['caption'].decode() == dc.canonical_caption(
-      1, fg, bg)
+  # Image 2 (a two) uses template (2 + slot) % 6: template 0 at slot 4, drawn
+  # in red (2) on yellow (5).
+  assert digits.target[2] == 2 and dc.image_pairs(2)[4] == (2, 5)
+  assert by_key[(2, 2, 5)]['caption'] == (
+      b'a red handwritten two on a yellow background')
   captions = [ex['caption'].decode() for ex in examples['test']]
   counts = collections.Counter(
       next(t for t in range(len(dc.TEMPLATES))

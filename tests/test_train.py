@@ -73,9 +73,10 @@ def test_changed_experiment_in_same_workdir_is_refused(tmp_path, smoke_config):
 @pytest.mark.parametrize("override, message", [
     ("--config.train.no_such_field=3", "no_such_field"),
     ("--config.train.num_steps=many", "num_steps"),
+    ("--config=configs/gan.py:nope", "unknown variant 'nope'"),
 ])
 def test_bad_override_is_a_clear_error(tmp_path, data_dir, override, message):
     result = _main(tmp_path, data_dir, override, check=False)
     assert result.returncode != 0
     assert message in result.stderr
-    assert "Traceback" not in result.stderr[-2000:] or "Error" in result.stderr
+    assert "Traceback" not in result.stderr
