@@ -1,0 +1,9 @@
+"""Datasets and input pipeline.
+
+  tokenizer        UTF-8 byte tokenizer (no vocabulary file)
+  digits_captions  embedded TFDS builder: coloured digits with captions
+  prepare          prepare-on-first-use (in a subprocess) and the prepare CLI
+  pipeline         Grain input pipeline: TrainStream, eval_batch
+
+Nothing is re-exported here, so that importing the tokenizer stays light.
+"""

@@ -29,13 +29,14 @@ from PIL import Image
 from mmgen_jax.data import prepare
 from mmgen_jax.data import tokenizer
 
-# Keys copied from an example to a batch when present, with their batch dtype.
+# Integer features copied to the batch (as int32) when a dataset has them.
 _OPTIONAL_INT_KEYS = ('label', 'fg', 'bg')
 # Keys of `TrainStream.get_state()` that must match when restoring.
 _STATE_IDENTITY = ('dataset', 'split', 'global_batch_size', 'seed')
 
 
 def _builder(name: str, data_dir: str | None):
+  """Prepares `name` if needed; returns a read-only builder over its files."""
   data_dir = data_dir or prepare.default_data_dir()
   prepare.ensure_prepared(name, data_dir)
   # A read-only builder from the files: no dataset code (and so nothing of a
@@ -61,12 +62,26 @@ def load_source(name: str, split: str, data_dir: str | None):
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
-  """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3)."""
+  """(H, W) or (H, W, C) uint8 -> (H, W, 3): grey is repeated, alpha dropped."""
   if image.ndim == 2:
     image = image[..., None]
-  if image.shape[-1] == 1:
-    return np.repeat(image, 3, axis=-1)
-  return image[..., :3]  # drops alpha
+  if image.shape[-1] < 3:  # grey, or grey + alpha
+    return np.repeat(image[..., :1], 3, axis=-1)
+  return image[..., :3]
+
+
+def _square(image: np.ndarray, size: int) -> np.ndarray:
+  """Centre-crops to a square (no distortion), then resizes to (size, size)."""
+  h, w = image.shape[:2]
+  if h != w:
+    top, left = (h - min(h, w)) // 2, (w - min(h, w)) // 2
+    image = image[top:top + min(h, w), left:left + min(h, w)]
+  if image.shape[0] != size:
+    # PIL's resize filters over the whole footprint, so downscaling does not
+    # alias.
+    image = np.asarray(Image.fromarray(image).resize((size, size),
+                                                     Image.BILINEAR))
+  return image
 
 
 def caption_of(example: dict, label_names: Sequence[str] | None = None) -> str:
@@ -86,10 +101,7 @@ def preprocess(example: dict, image_size: int, max_text_len: int,
   `text` encodes `caption_of(example, label_names)`: a dataset without captions
   but with class names gets the class name as its text.
   """
-  image = _to_rgb(np.asarray(example['image']))
-  if image.shape[:2] != (image_size, image_size):
-    image = np.asarray(Image.fromarray(image).resize(
-        (image_size, image_size), Image.BILINEAR))
+  image = _square(_to_rgb(np.asarray(example['image'])), image_size)
   out = {'image': image.astype(np.float32) / 127.5 - 1.0}
   out['text'] = tokenizer.encode(caption_of(example, label_names), max_text_len)
   for key in _OPTIONAL_INT_KEYS:

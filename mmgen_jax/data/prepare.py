@@ -155,6 +155,10 @@ def prepare(name: str, data_dir: str, download: bool = False) -> pathlib.Path:
   Returns the version directory. Public datasets need `download=True`.
   """
   base, version = _parse_name(name)
+  if base not in EMBEDDED and not download:
+    if (done := prepared_dir(name, data_dir)) is not None:
+      return done
+    raise _not_prepared_error(name, data_dir)
   with _lock(data_dir, base):
     # Another process may have finished while we waited for the lock.
     if (done := prepared_dir(name, data_dir)) is not None:
@@ -168,11 +172,9 @@ def prepare(name: str, data_dir: str, download: bool = False) -> pathlib.Path:
       builder = builder_class(base)(
           data_dir=data_dir, version=version, file_format='array_record')
       config = tfds.download.DownloadConfig(try_download_gcs=False)
-    elif download:
+    else:
       builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
       config = tfds.download.DownloadConfig()
-    else:
-      raise _not_prepared_error(name, data_dir)
     builder.download_and_prepare(download_config=config)
   return prepared_dir(name, data_dir)
 
