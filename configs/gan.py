@@ -44,7 +44,7 @@ def get_config(arg=None):
     t.loss = "nonsaturating"  # "nonsaturating" (-log D) or "hinge"
     t.matching_aware = True  # real image + mismatched caption counts as a negative for D
     t.mismatch_weight = 0.5  # share of D's negative term given to mismatched captions
-    t.update = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
+    t.update_order = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
     t.lr_g = 2e-4  # Adam learning rate of G
     t.lr_d = 2e-4  # Adam learning rate of D
     t.b1 = 0.5  # Adam beta1 (DCGAN)
@@ -95,7 +95,7 @@ def _dcgan32(c):
     c.model.text_dim = 128
     c.train.batch_size = 64
     c.train.matching_aware = False
-    c.train.update = "simultaneous"
+    c.train.update_order = "simultaneous"
 
 
 VARIANTS = {"smoke": _smoke, "dcgan32": _dcgan32}

@@ -4,6 +4,7 @@ Re-running the same command resumes from the latest checkpoint in --workdir.
 Override config fields with --config.train.num_steps=200; pick variants with
 --config=configs/gan.py:smoke.
 """
+import logging as pylogging
 import sys
 
 from absl import app, flags, logging
@@ -29,13 +30,23 @@ def parse_flags(argv):
     except ValueError as e:  # e.g. an unknown variant in --config=FILE:VARIANT
         sys.exit(f"FATAL: {e}")
     except flags.Error as e:
-        sys.exit(f"FATAL Flags parsing error: {e}")
+        # A config file that raised is reported with its traceback inside the message;
+        # its last line is the cause.
+        sys.exit(f"FATAL Flags parsing error: {str(e).strip().splitlines()[-1]}")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.INFO)
+    # Libraries log at WARNING and above (Orbax's INFO lines narrate every file it
+    # writes); our own progress lines go to stderr at INFO.
+    logging.set_verbosity(logging.WARNING)
+    handler = pylogging.StreamHandler()
+    handler.setFormatter(pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log = pylogging.getLogger("mmgen_jax")
+    log.setLevel(pylogging.INFO)
+    log.addHandler(handler)
+    log.propagate = False
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -1,11 +1,11 @@
 """The family-agnostic training loop: init-or-resume, step, log, checkpoint, sample."""
 import json
+import logging
 import os
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from mmgen_jax import checkpoint, families, parallel, writers
 from mmgen_jax.data import pipeline, prepare
@@ -16,6 +16,8 @@ RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.checkpoint_eve
                      "train.max_to_keep", "train.sample_every", "data.data_dir",
                      "data.num_threads", "data.prefetch")
 
+log = logging.getLogger("mmgen_jax")
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
@@ -25,7 +27,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    _write_run_files(config, workdir, is_main)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   max_to_keep=config.train.max_to_keep)
+    _write_run_files(config, workdir, is_main, resuming=ckpt.latest_step() is not None)
 
     mesh = parallel.make_mesh()
     family = families.get(config.model.family)(config, axis_name=parallel.AXIS)
@@ -37,14 +41,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_threads=config.data.num_threads, prefetch=config.data.prefetch)
 
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                   max_to_keep=config.train.max_to_keep)
     rng = jax.random.PRNGKey(config.seed)
     state, start = _restore_or_init(family, ckpt, stream, rng, mesh)
 
     num_steps = config.train.num_steps
     if start >= num_steps:
-        logging.info("%s already trained to step %d (num_steps=%d): nothing to do.",
+        log.info("%s already trained to step %d (num_steps=%d): nothing to do.",
                      workdir, start, num_steps)
         ckpt.close()
         return state
@@ -58,7 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     stop = checkpoint.StopRequest()
     pending = []  # this interval's metrics, still on device: no sync per step
     t = config.train
-    logging.info("Training %s from step %d to %d on %d devices (%d processes).",
+    log.info("Training %s from step %d to %d on %d devices (%d processes).",
                  config.model.family, start, num_steps, jax.device_count(), jax.process_count())
 
     step = start
@@ -78,7 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             if samples is not None and (step % t.sample_every == 0 or last):
                 samples.write(step, state, writer)
             if stopping:
-                logging.warning("Stop requested (SIGTERM): saved step %d; exiting.", step)
+                log.warning("Stop requested (SIGTERM): saved step %d; exiting.", step)
                 break
     finally:
         ckpt.wait()  # an async save must complete before the process may exit
@@ -99,7 +101,7 @@ def _restore_or_init(family, ckpt, stream, rng, mesh):
     target = checkpoint.abstract(jax.eval_shape(family.init, rng), replicated)
     state, data_state = ckpt.restore(target, latest)
     stream.set_state(data_state)
-    logging.info("Resumed from checkpoint at step %d.", latest)
+    log.info("Resumed from checkpoint at step %d.", latest)
     return state, latest
 
 
@@ -155,10 +157,11 @@ class _SampleGrid:
         writer.image(step, "samples", grid)
 
 
-def _write_run_files(config, workdir, is_main):
-    """config.json (the run's identity) and manifest.json; refuses a changed experiment."""
+def _write_run_files(config, workdir, is_main, resuming):
+    """config.json (the run's identity) and manifest.json; refuses to resume a checkpoint
+    with a config that makes it a different experiment."""
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
+    if resuming and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             saved = _flatten(json.load(f))
         current = _flatten(json.loads(config.to_json()))

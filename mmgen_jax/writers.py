@@ -1,6 +1,7 @@
 """What a run writes: metrics (JSONL + TensorBoard), the progress line, image grids,
 the manifest. Only process 0 writes; the other processes get writers that do nothing."""
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -10,8 +11,9 @@ import time
 from importlib import metadata
 
 import numpy as np
-from absl import logging
 from PIL import Image, ImageDraw, ImageFont
+
+log = logging.getLogger("mmgen_jax")
 
 
 class MetricWriter:
@@ -72,7 +74,7 @@ class Progress:
             self._bar.set_postfix_str(shown)
         else:
             eta = (self.total - step) / rate if rate > 0 else float("inf")
-            logging.info("step %d/%d %s %.2f steps/s ETA %s", step, self.total, shown, rate,
+            log.info("step %d/%d %s %.2f steps/s ETA %s", step, self.total, shown, rate,
                          _duration(eta))
         return rate
 

@@ -41,9 +41,9 @@ class GAN:
         self.config = config
         self.axis_name = axis_name
         t = config.train
-        if t.update not in ("alternating", "simultaneous"):
+        if t.update_order not in ("alternating", "simultaneous"):
             raise ValueError(
-                f"config.train.update={t.update!r}: use 'alternating' or 'simultaneous'")
+                f"config.train.update_order={t.update_order!r}: use 'alternating' or 'simultaneous'")
         # BatchNorm averages its statistics over `axis_name` inside the mapped step; the
         # `_local` twins (same parameters) run outside it: at init and when sampling.
         self.generator = self._generator(axis_name)
@@ -143,7 +143,7 @@ class GAN:
         d_grads = jax.lax.pmean(d_vjp((one, zero))[0], self.axis_name)
         new_d = _apply(state.d, d_grads, d_stats, self.tx_d)
 
-        if t.update == "simultaneous":  # G's gradient through the not yet updated D
+        if t.update_order == "simultaneous":  # G's gradient through the not yet updated D
             fake_grads = d_vjp((zero, one))[1]
         else:  # alternating: G plays against the freshly updated D
             def g_objective(fake):

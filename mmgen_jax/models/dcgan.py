@@ -40,9 +40,9 @@ class Generator(nn.Module):
   """(z (B, nz), text_emb (B, E)) -> images (B, S, S, out_channels) in [-1, 1], float32.
 
   Dense(text_proj_dim) on the text embedding, concatenated with z -> Dense to a 4x4xC0 map ->
-  [BN -> ReLU -> ConvTranspose2x] per 2x step, channels halving down to `base_width` and the
-  last step producing `out_channels` with a bias -> tanh. C0 = base_width * 2^(n_up - 1) with
-  n_up = log2(S / 4).
+  BN -> ReLU -> [ConvTranspose2x -> BN -> ReLU] x (n_up - 1), channels halving down to
+  `base_width` -> ConvTranspose2x(out_channels, with bias) -> tanh, where n_up = log2(S / 4)
+  and C0 = base_width * 2^(n_up - 1).
 
   Attributes:
     impl: 'fast' or 'textbook' upsampling (see `layers`); same parameters either way.
@@ -98,6 +98,7 @@ class Discriminator(nn.Module):
     and the text projection stays C-wide instead of 16C.
 
   Attributes:
+    text_proj_dim: width of the text projection for 'concat' ('projection' uses C).
     conditioning: 'concat' or 'projection', as above.
     impl: 'fast' or 'textbook' downsampling (see `layers`); same parameters either way.
     axis_name: mapped axis to average BatchNorm statistics over, or None.
