@@ -1,6 +1,7 @@
 """End to end: the `main` entry point on the smoke config, resume, and config errors."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -80,3 +81,25 @@ def test_bad_override_is_a_clear_error(tmp_path, data_dir, override, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mmgen_jax.main", "--config=configs/gan.py:smoke",
+           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+           "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
+           "--config.train.sample_every=100000", "--config.train.log_every=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # training is under way once a step has been logged
+        if "step 3/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, rest[-3000:]
+    assert "Stop requested" in rest
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] >= 3
+    # The same command resumes from the saved step.
+    result = _main(workdir, data_dir, f"--config.train.num_steps={saved[-1] + 2}")
+    assert f"Resumed from checkpoint at step {saved[-1]}" in result.stderr
+    assert _metrics(workdir)[-1]["step"] == saved[-1] + 2

@@ -118,18 +118,25 @@ class GAN:
 
         fake, g_vjp, g_stats = jax.vjp(generate, state.g.params, has_aux=True)
 
-        def discriminate(d_params, images, toks):
+        def encode(d_params, toks):
+            return self.discriminator.apply({"params": d_params}, toks, train=True,
+                                            method="encode")
+
+        def discriminate(d_params, images, embedding):
             logits, new_vars = self.discriminator.apply(
-                {"params": d_params, "batch_stats": state.d.batch_stats}, images, toks,
-                train=True, mutable=["batch_stats"])
+                {"params": d_params, "batch_stats": state.d.batch_stats}, images, embedding,
+                train=True, mutable=["batch_stats"], method="score")
             return logits.astype(jnp.float32), new_vars["batch_stats"]
 
         def objectives(d_params, fake):
+            # Each caption batch is encoded once and shared by the passes that use it.
             # D's running statistics follow the real batches (they are never used for
             # sampling: D always runs on batch statistics).
-            real_logits, d_stats = discriminate(d_params, real, tokens)
-            fake_logits, _ = discriminate(d_params, fake, tokens)
-            wrong_logits = None if wrong is None else discriminate(d_params, real, wrong)[0]
+            embedding = encode(d_params, tokens)
+            real_logits, d_stats = discriminate(d_params, real, embedding)
+            fake_logits, _ = discriminate(d_params, fake, embedding)
+            wrong_logits = (None if wrong is None else
+                            discriminate(d_params, real, encode(d_params, wrong))[0])
             d_loss = losses.discriminator_loss(t.loss, real_logits, fake_logits, wrong_logits,
                                                t.mismatch_weight)
             g_loss = losses.generator_loss(t.loss, fake_logits)
@@ -147,7 +154,7 @@ class GAN:
             fake_grads = d_vjp((zero, one))[1]
         else:  # alternating: G plays against the freshly updated D
             def g_objective(fake):
-                logits, _ = discriminate(new_d.params, fake, tokens)
+                logits, _ = discriminate(new_d.params, fake, encode(new_d.params, tokens))
                 return losses.generator_loss(t.loss, logits)
 
             g_loss, fake_grads = jax.value_and_grad(g_objective)(fake)

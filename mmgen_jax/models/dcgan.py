@@ -23,121 +23,123 @@ CONDITIONINGS = ("concat", "projection")
 
 
 def _num_scale_steps(image_size: int) -> int:
-  """How many 2x steps separate a 4x4 map from `image_size`; checks it is 4 * 2^n, n >= 1."""
-  n = round(math.log2(image_size / 4)) if image_size >= 8 else 0
-  if n < 1 or 4 * 2 ** n != image_size:
-    raise ValueError(f"image_size must be 4 * 2^n with n >= 1 (8, 16, 32, ...), got {image_size}")
-  return n
+    """How many 2x steps separate a 4x4 map from `image_size`; checks it is 4 * 2^n, n >= 1."""
+    n = round(math.log2(image_size / 4)) if image_size >= 8 else 0
+    if n < 1 or 4 * 2 ** n != image_size:
+        raise ValueError(
+            f"image_size must be 4 * 2^n with n >= 1 (8, 16, 32, ...), got {image_size}")
+    return n
 
 
 def _batch_norm(train: bool, axis_name: str | None, dtype: Dtype, name: str) -> nn.BatchNorm:
-  # momentum 0.9 keeps 10% of each new batch: PyTorch's momentum=0.1.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name, dtype=dtype, name=name)
+    # momentum 0.9 keeps 10% of each new batch: PyTorch's momentum=0.1.
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        axis_name=axis_name, dtype=dtype, name=name)
 
 
 class Generator(nn.Module):
-  """(z (B, nz), text_emb (B, E)) -> images (B, S, S, out_channels) in [-1, 1], float32.
+    """(z (B, nz), text_emb (B, E)) -> images (B, S, S, out_channels) in [-1, 1], float32.
 
-  Dense(text_proj_dim) on the text embedding, concatenated with z -> Dense to a 4x4xC0 map ->
-  BN -> ReLU -> [ConvTranspose2x -> BN -> ReLU] x (n_up - 1), channels halving down to
-  `base_width` -> ConvTranspose2x(out_channels, with bias) -> tanh, where n_up = log2(S / 4)
-  and C0 = base_width * 2^(n_up - 1).
+    Dense(text_proj_dim) on the text embedding, concatenated with z -> Dense to a 4x4xC0 map ->
+    BN -> ReLU -> [ConvTranspose2x -> BN -> ReLU] x (n_up - 1), channels halving down to
+    `base_width` -> ConvTranspose2x(out_channels, with bias) -> tanh, where n_up = log2(S / 4)
+    and C0 = base_width * 2^(n_up - 1).
 
-  Attributes:
-    impl: 'fast' or 'textbook' upsampling (see `layers`); same parameters either way.
-    norm: 'batch', or 'none' (no normalisation; the convolutions then get a bias).
-    axis_name: mapped axis to average BatchNorm statistics over, or None.
-    dtype: computation dtype (e.g. bfloat16 on accelerators); parameters stay float32.
-  """
-  image_size: int = 32
-  base_width: int = 64
-  out_channels: int = 3
-  text_proj_dim: int = 128
-  impl: Impl = "fast"
-  norm: Literal["batch", "none"] = "batch"
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
+    Attributes:
+        impl: 'fast' or 'textbook' upsampling (see `layers`); same parameters either way.
+        norm: 'batch', or 'none' (no normalisation; the convolutions then get a bias).
+        axis_name: mapped axis to average BatchNorm statistics over, or None.
+        dtype: computation dtype (e.g. bfloat16 on accelerators); parameters stay float32.
+    """
+    image_size: int = 32
+    base_width: int = 64
+    out_channels: int = 3
+    text_proj_dim: int = 128
+    impl: Impl = "fast"
+    norm: Literal["batch", "none"] = "batch"
+    axis_name: str | None = None
+    dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, z, text_emb, train: bool):
-    if self.norm not in NORMS:
-      raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-    n_up = _num_scale_steps(self.image_size)
-    width = self.base_width * 2 ** (n_up - 1)
-    use_bn = self.norm == "batch"
+    @nn.compact
+    def __call__(self, z, text_emb, train: bool):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        n_up = _num_scale_steps(self.image_size)
+        width = self.base_width * 2 ** (n_up - 1)
+        use_bn = self.norm == "batch"
 
-    def norm_relu(h, name):
-      if use_bn:
-        h = _batch_norm(train, self.axis_name, self.dtype, name)(h)
-      return nn.relu(h)
+        def norm_relu(h, name):
+            if use_bn:
+                h = _batch_norm(train, self.axis_name, self.dtype, name)(h)
+            return nn.relu(h)
 
-    t = nn.Dense(self.text_proj_dim, dtype=self.dtype, name="text_proj")(text_emb)
-    h = jnp.concatenate([z.astype(t.dtype), t], axis=-1)
-    h = nn.Dense(4 * 4 * width, use_bias=not use_bn, dtype=self.dtype, name="fc")(h)
-    h = norm_relu(h.reshape(-1, 4, 4, width), "bn0")
-    for i in range(1, n_up):
-      width //= 2
-      h = ConvTranspose2x(width, use_bias=not use_bn, impl=self.impl, dtype=self.dtype,
-                          name=f"up{i}")(h)
-      h = norm_relu(h, f"bn{i}")
-    h = ConvTranspose2x(self.out_channels, impl=self.impl, dtype=self.dtype,
-                        name=f"up{n_up}")(h)
-    return jnp.tanh(h).astype(jnp.float32)
+        t = nn.Dense(self.text_proj_dim, dtype=self.dtype, name="text_proj")(text_emb)
+        h = jnp.concatenate([z.astype(t.dtype), t], axis=-1)
+        h = nn.Dense(4 * 4 * width, use_bias=not use_bn, dtype=self.dtype, name="fc")(h)
+        h = norm_relu(h.reshape(-1, 4, 4, width), "bn0")
+        for i in range(1, n_up):
+            width //= 2
+            h = ConvTranspose2x(width, use_bias=not use_bn, impl=self.impl, dtype=self.dtype,
+                                name=f"up{i}")(h)
+            h = norm_relu(h, f"bn{i}")
+        h = ConvTranspose2x(self.out_channels, impl=self.impl, dtype=self.dtype,
+                            name=f"up{n_up}")(h)
+        return jnp.tanh(h).astype(jnp.float32)
 
 
 class Discriminator(nn.Module):
-  """(images (B, S, S, C), text_emb (B, E)) -> real/fake logits (B,), float32.
+    """(images (B, S, S, C), text_emb (B, E)) -> real/fake logits (B,), float32.
 
-  Conv2xDown(base_width, bias) -> LeakyReLU(0.2) -> [Conv2xDown -> BN -> LeakyReLU(0.2)] per
-  further 2x step, channels doubling, down to a 4x4 map h, flattened in NHWC order. Then
-  - 'concat': Dense(1) of [h, Dense(text_proj_dim)(text_emb)] (the peer benchmark's head);
-  - 'projection' (Miyato & Koyama, 2018): Dense(1)(h) + <mean_xy(h), Dense(C)(text_emb)>.
-    The text is projected against the spatially pooled features, as in the paper: whether the
-    image matches the caption should not depend on where in the 4x4 map the evidence lies,
-    and the text projection stays C-wide instead of 16C.
+    Conv2xDown(base_width, bias) -> LeakyReLU(0.2) -> [Conv2xDown -> BN -> LeakyReLU(0.2)] per
+    further 2x step, channels doubling, down to a 4x4 map h, flattened in NHWC order. Then
+    - 'concat': Dense(1) of [h, Dense(text_proj_dim)(text_emb)] (the peer benchmark's head);
+    - 'projection' (Miyato & Koyama, 2018): Dense(1)(h) + <mean_xy(h), Dense(C)(text_emb)>.
+      The text is projected against the spatially pooled features, as in the paper: whether the
+      image matches the caption should not depend on where in the 4x4 map the evidence lies,
+      and the text projection stays C-wide instead of 16C.
 
-  Attributes:
-    text_proj_dim: width of the text projection for 'concat' ('projection' uses C).
-    conditioning: 'concat' or 'projection', as above.
-    impl: 'fast' or 'textbook' downsampling (see `layers`); same parameters either way.
-    axis_name: mapped axis to average BatchNorm statistics over, or None.
-    dtype: computation dtype (e.g. bfloat16 on accelerators); parameters stay float32.
-  """
-  image_size: int = 32
-  base_width: int = 64
-  text_proj_dim: int = 128
-  conditioning: Literal["concat", "projection"] = "concat"
-  impl: Impl = "fast"
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
+    Attributes:
+        text_proj_dim: width of the text projection for 'concat' ('projection' uses C).
+        conditioning: 'concat' or 'projection', as above.
+        impl: 'fast' or 'textbook' downsampling (see `layers`); same parameters either way.
+            On XLA:CPU 'textbook' is the faster of the two for this network.
+        axis_name: mapped axis to average BatchNorm statistics over, or None.
+        dtype: computation dtype (e.g. bfloat16 on accelerators); parameters stay float32.
+    """
+    image_size: int = 32
+    base_width: int = 64
+    text_proj_dim: int = 128
+    conditioning: Literal["concat", "projection"] = "concat"
+    impl: Impl = "fast"
+    axis_name: str | None = None
+    dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, images, text_emb, train: bool):
-    if self.conditioning not in CONDITIONINGS:
-      raise ValueError(
-          f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
-    if images.shape[1:3] != (self.image_size, self.image_size):
-      raise ValueError(f"expected {self.image_size}x{self.image_size} images, "
-                       f"got shape {images.shape}")
-    n_down = _num_scale_steps(self.image_size)
+    @nn.compact
+    def __call__(self, images, text_emb, train: bool):
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(
+                f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if images.shape[1:3] != (self.image_size, self.image_size):
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images, "
+                             f"got shape {images.shape}")
+        n_down = _num_scale_steps(self.image_size)
 
-    width = self.base_width
-    h = Conv2xDown(width, impl=self.impl, dtype=self.dtype, name="down1")(images)
-    h = nn.leaky_relu(h, 0.2)
-    for i in range(2, n_down + 1):
-      width *= 2
-      h = Conv2xDown(width, use_bias=False, impl=self.impl, dtype=self.dtype,
-                     name=f"down{i}")(h)
-      h = _batch_norm(train, self.axis_name, self.dtype, f"bn{i}")(h)
-      h = nn.leaky_relu(h, 0.2)
+        width = self.base_width
+        h = Conv2xDown(width, impl=self.impl, dtype=self.dtype, name="down1")(images)
+        h = nn.leaky_relu(h, 0.2)
+        for i in range(2, n_down + 1):
+            width *= 2
+            h = Conv2xDown(width, use_bias=False, impl=self.impl, dtype=self.dtype,
+                           name=f"down{i}")(h)
+            h = _batch_norm(train, self.axis_name, self.dtype, f"bn{i}")(h)
+            h = nn.leaky_relu(h, 0.2)
 
-    flat = h.reshape(h.shape[0], -1)
-    if self.conditioning == "concat":
-      t = nn.Dense(self.text_proj_dim, dtype=self.dtype, name="text_proj")(text_emb)
-      logits = nn.Dense(1, dtype=self.dtype, name="out")(jnp.concatenate([flat, t], axis=-1))
-    else:
-      t = nn.Dense(width, dtype=self.dtype, name="text_proj")(text_emb)
-      logits = nn.Dense(1, dtype=self.dtype, name="out")(flat)
-      logits = logits + jnp.sum(h.mean(axis=(1, 2)) * t, axis=-1, keepdims=True)
-    return logits[:, 0].astype(jnp.float32)
+        flat = h.reshape(h.shape[0], -1)
+        if self.conditioning == "concat":
+            t = nn.Dense(self.text_proj_dim, dtype=self.dtype, name="text_proj")(text_emb)
+            logits = nn.Dense(1, dtype=self.dtype, name="out")(jnp.concatenate([flat, t], axis=-1))
+        else:
+            t = nn.Dense(width, dtype=self.dtype, name="text_proj")(text_emb)
+            logits = nn.Dense(1, dtype=self.dtype, name="out")(flat)
+            logits = logits + jnp.sum(h.mean(axis=(1, 2)) * t, axis=-1, keepdims=True)
+        return logits[:, 0].astype(jnp.float32)
