@@ -64,14 +64,14 @@ class GAN:
         m, d = self.config.model, self.config.data
         net = dcgan.Generator(
             image_size=d.image_size, base_width=m.g_width, text_proj_dim=m.text_proj_dim,
-            impl=m.impl, axis_name=axis_name, dtype=jnp.dtype(m.dtype))
+            impl=m.g_impl, axis_name=axis_name, dtype=jnp.dtype(m.dtype))
         return TextConditioned(encoder=self._text_encoder(), net=net)
 
     def _discriminator(self, axis_name):
         m, d = self.config.model, self.config.data
         net = dcgan.Discriminator(
             image_size=d.image_size, base_width=m.d_width, text_proj_dim=m.text_proj_dim,
-            conditioning=m.conditioning, impl=m.impl, axis_name=axis_name,
+            conditioning=m.conditioning, impl=m.d_impl, axis_name=axis_name,
             dtype=jnp.dtype(m.dtype))
         return TextConditioned(encoder=self._text_encoder(), net=net)
 

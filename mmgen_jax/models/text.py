@@ -38,22 +38,26 @@ class TransformerBlock(nn.Module):
 class ConvBlock(nn.Module):
     """Pre-LayerNorm residual 1-D convolution (kernel 3, `dilation`) over the token axis.
 
-    Written as im2col -- the shifted copies side by side, then one matrix product --
-    because XLA:CPU runs 1-D convolutions several times slower than the same GEMM.
+    Written as one matrix product to 3 x width (one slice per tap) whose slices are then
+    shifted by -d, 0, +d positions and summed: the same convolution, but a plain GEMM,
+    which XLA:CPU runs several times faster than its 1-D convolution.
     """
     dilation: int = 1
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, h, valid):
+        width, d = h.shape[-1], self.dilation
         c = nn.gelu(nn.LayerNorm(dtype=self.dtype, name="ln")(h))
         # Zero padded positions so they read exactly like the sequence's zero padding.
         c = jnp.where(valid[..., None], c, 0)
-        d = self.dilation
-        before = jnp.pad(c, ((0, 0), (d, 0), (0, 0)))[:, :-d]
-        after = jnp.pad(c, ((0, 0), (0, d), (0, 0)))[:, d:]
-        taps = jnp.concatenate([before, c, after], axis=-1)
-        return h + nn.Dense(h.shape[-1], dtype=self.dtype, name="conv")(taps)
+        taps = nn.Dense(3 * width, use_bias=False, dtype=self.dtype, name="taps")(c)
+        before, centre, after = jnp.split(taps, 3, axis=-1)
+        # out[t] = c[t-d] W_before + c[t] W_centre + c[t+d] W_after (zeros past the ends)
+        before = jnp.pad(before, ((0, 0), (d, 0), (0, 0)))[:, :-d]
+        after = jnp.pad(after, ((0, 0), (0, d), (0, 0)))[:, d:]
+        bias = self.param("bias", nn.initializers.zeros_init(), (width,))
+        return h + before + centre + after + bias
 
 
 class TextEncoder(nn.Module):
