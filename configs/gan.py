@@ -31,8 +31,10 @@ def get_config(arg=None):
     m.g_impl = "fast"  # G's upsampling: "fast" (sub-pixel convs) or "textbook" ConvTranspose
     m.d_impl = "textbook"  # D's downsampling: "textbook" strided Conv (fastest on XLA:CPU) or "fast"
     m.conditioning = "projection"  # how D uses the caption: "projection" or "concat"
+    m.d_norm = "spectral"  # D's normalisation: "spectral" (SNGAN) or "batch" (DCGAN)
     m.text_proj_dim = 128  # width of the caption projection inside G and D
-    m.text_encoder = "conv"  # caption encoder: "conv" (1-D conv stack) or "transformer"
+    m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs), "transformer", or
+    # "none" (the batch carries text_dim-sized caption embeddings: benchmarks only)
     m.text_embed_dim = 64  # byte-token embedding width
     m.text_width = 64  # hidden width of the caption encoder
     m.text_layers = 2  # caption encoder depth
@@ -42,7 +44,7 @@ def get_config(arg=None):
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 5000  # total optimisation steps (one D and one G update each)
     t.batch_size = 64  # global batch size, split over all devices of all processes
-    t.loss = "nonsaturating"  # "nonsaturating" (-log D) or "hinge"
+    t.loss = "hinge"  # "hinge" (SNGAN) or "nonsaturating" (-log D, DCGAN)
     t.matching_aware = True  # real image + mismatched caption counts as a negative for D
     t.mismatch_weight = 0.5  # share of D's negative term given to mismatched captions
     t.update_order = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
@@ -87,16 +89,22 @@ def _smoke(c):
 
 
 def _dcgan32(c):
-    """Exactly the peer benchmark's network and step (../shared/peers/SPEC.md)."""
+    """Exactly the peer benchmark's network and step (../shared/peers/SPEC.md): 128-d caption
+    embeddings fed directly, simultaneous D/G update, plain non-saturating loss. For
+    `python -m mmgen_jax.benchmark`; training needs a caption encoder."""
+    c.model.text_encoder = "none"
     c.model.noise_dim = 100
     c.model.g_width = 64
     c.model.d_width = 64
     c.model.conditioning = "concat"
+    c.model.d_norm = "batch"
+    c.train.loss = "nonsaturating"
     c.model.text_proj_dim = 128
     c.model.text_dim = 128
     c.train.batch_size = 64
     c.train.matching_aware = False
     c.train.update_order = "simultaneous"
+    c.train.ema_decay = 0.0
 
 
 VARIANTS = {"smoke": _smoke, "dcgan32": _dcgan32}

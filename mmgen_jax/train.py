@@ -24,6 +24,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
     Returns the final state.
     """
+    if config.model.text_encoder == "none":
+        raise ValueError(
+            "model.text_encoder='none' feeds precomputed caption embeddings and serves the "
+            "benchmark (configs/gan.py:dcgan32); to train on captions set "
+            "--config.model.text_encoder=conv (or transformer)")
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)

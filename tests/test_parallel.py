@@ -23,7 +23,7 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 def test_shard_map_step_equals_pmap(smoke_config):
     assert jax.device_count() == 4
     family = families.get("gan")(smoke_config)
-    state = family.init(jax.random.PRNGKey(0))
+    state = jax.jit(family.init)(jax.random.PRNGKey(0))
     batch = family.device_batch(_batches(smoke_config, 1)[0])
 
     mesh = parallel.make_mesh()
@@ -41,7 +41,7 @@ def test_shard_map_step_equals_pmap(smoke_config):
 
 def test_four_devices_equal_one_device(smoke_config):
     family = families.get("gan")(smoke_config)
-    state = family.init(jax.random.PRNGKey(0))
+    state = jax.jit(family.init)(jax.random.PRNGKey(0))
     batches = [family.device_batch(b) for b in _batches(smoke_config, 3)]
 
     def run(devices):

@@ -14,7 +14,7 @@ import optax
 from mmgen_jax import losses
 from mmgen_jax.models import dcgan
 from mmgen_jax.models import text as text_lib
-from mmgen_jax.models.conditional import TextConditioned
+from mmgen_jax.models.conditional import PrecomputedText, TextConditioned
 
 
 @flax.struct.dataclass
@@ -56,6 +56,8 @@ class GAN:
     # ---- networks ----------------------------------------------------------------
     def _text_encoder(self):
         m = self.config.model
+        if m.text_encoder == "none":
+            return PrecomputedText()
         return text_lib.TextEncoder(
             embed_dim=m.text_embed_dim, width=m.text_width, num_layers=m.text_layers,
             out_dim=m.text_dim, kind=m.text_encoder, dtype=jnp.dtype(m.dtype))
@@ -71,7 +73,7 @@ class GAN:
         m, d = self.config.model, self.config.data
         net = dcgan.Discriminator(
             image_size=d.image_size, base_width=m.d_width, text_proj_dim=m.text_proj_dim,
-            conditioning=m.conditioning, impl=m.d_impl, axis_name=axis_name,
+            conditioning=m.conditioning, norm=m.d_norm, impl=m.d_impl, axis_name=axis_name,
             dtype=jnp.dtype(m.dtype))
         return TextConditioned(encoder=self._text_encoder(), net=net)
 
@@ -81,7 +83,8 @@ class GAN:
         m, d = self.config.model, self.config.data
         key_g, key_d, key_run = jax.random.split(rng, 3)
         z = jnp.zeros((1, m.noise_dim), jnp.float32)
-        tokens = jnp.zeros((1, d.max_text_len), jnp.int32)
+        text_shape, text_dtype = self.text_spec()
+        tokens = jnp.zeros((1, *text_shape), text_dtype)
         images = jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32)
         g_vars = self._generator_local.init(key_g, z, tokens, train=False)
         d_vars = self._discriminator_local.init(key_d, images, tokens, train=False)
@@ -94,6 +97,14 @@ class GAN:
         return GANState(step=jnp.zeros((), jnp.int32), rng=key_run,
                         g=net_state(g_vars, self.tx_g), d=net_state(d_vars, self.tx_d),
                         ema_params=g_vars["params"])
+
+    def text_spec(self):
+        """(shape without the batch axis, dtype) of `batch["text"]`: token ids, or caption
+        embeddings when `model.text_encoder == "none"`."""
+        m = self.config.model
+        if m.text_encoder == "none":
+            return (m.text_dim,), jnp.float32
+        return (self.config.data.max_text_len,), jnp.int32
 
     @staticmethod
     def device_batch(batch):

@@ -19,6 +19,7 @@ from flax.typing import Dtype
 from mmgen_jax.models.layers import Conv2xDown, ConvTranspose2x, Impl
 
 NORMS = ("batch", "none")
+D_NORMS = ("batch", "spectral")
 CONDITIONINGS = ("concat", "projection")
 
 
@@ -101,6 +102,8 @@ class Discriminator(nn.Module):
     Attributes:
         text_proj_dim: width of the text projection for 'concat' ('projection' uses C).
         conditioning: 'concat' or 'projection', as above.
+        norm: 'batch' (BatchNorm after every conv but the first: DCGAN, the peer benchmark)
+            or 'spectral' (spectral normalisation of every layer, no BatchNorm: SNGAN).
         impl: 'fast' or 'textbook' downsampling (see `layers`); same parameters either way.
             On XLA:CPU 'textbook' is the faster of the two for this network.
         axis_name: mapped axis to average BatchNorm statistics over, or None.
@@ -110,6 +113,7 @@ class Discriminator(nn.Module):
     base_width: int = 64
     text_proj_dim: int = 128
     conditioning: Literal["concat", "projection"] = "concat"
+    norm: Literal["batch", "spectral"] = "batch"
     impl: Impl = "fast"
     axis_name: str | None = None
     dtype: Dtype = jnp.float32
@@ -119,27 +123,39 @@ class Discriminator(nn.Module):
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(
                 f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.norm not in D_NORMS:
+            raise ValueError(f"norm must be one of {D_NORMS}, got {self.norm!r}")
         if images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, "
                              f"got shape {images.shape}")
         n_down = _num_scale_steps(self.image_size)
+        spectral = self.norm == "spectral"
+
+        def layer(module):
+            # Spectral normalisation (Miyato et al., 2018) bounds every layer's Lipschitz
+            # constant; its power-iteration vectors live in 'batch_stats'.
+            if spectral:
+                return lambda x: nn.SpectralNorm(module)(x, update_stats=train)
+            return module
 
         width = self.base_width
-        h = Conv2xDown(width, impl=self.impl, dtype=self.dtype, name="down1")(images)
+        h = layer(Conv2xDown(width, impl=self.impl, dtype=self.dtype, name="down1"))(images)
         h = nn.leaky_relu(h, 0.2)
         for i in range(2, n_down + 1):
             width *= 2
-            h = Conv2xDown(width, use_bias=False, impl=self.impl, dtype=self.dtype,
-                           name=f"down{i}")(h)
-            h = _batch_norm(train, self.axis_name, self.dtype, f"bn{i}")(h)
+            h = layer(Conv2xDown(width, use_bias=spectral, impl=self.impl, dtype=self.dtype,
+                                 name=f"down{i}"))(h)
+            if not spectral:
+                h = _batch_norm(train, self.axis_name, self.dtype, f"bn{i}")(h)
             h = nn.leaky_relu(h, 0.2)
 
         flat = h.reshape(h.shape[0], -1)
         if self.conditioning == "concat":
-            t = nn.Dense(self.text_proj_dim, dtype=self.dtype, name="text_proj")(text_emb)
-            logits = nn.Dense(1, dtype=self.dtype, name="out")(jnp.concatenate([flat, t], axis=-1))
+            t = layer(nn.Dense(self.text_proj_dim, dtype=self.dtype, name="text_proj"))(text_emb)
+            logits = layer(nn.Dense(1, dtype=self.dtype, name="out"))(
+                jnp.concatenate([flat, t], axis=-1))
         else:
-            t = nn.Dense(width, dtype=self.dtype, name="text_proj")(text_emb)
-            logits = nn.Dense(1, dtype=self.dtype, name="out")(flat)
+            t = layer(nn.Dense(width, dtype=self.dtype, name="text_proj"))(text_emb)
+            logits = layer(nn.Dense(1, dtype=self.dtype, name="out"))(flat)
             logits = logits + jnp.sum(h.mean(axis=(1, 2)) * t, axis=-1, keepdims=True)
         return logits[:, 0].astype(jnp.float32)

@@ -1,0 +1,164 @@
+"""Speed of a family's real train step (and optionally of its input pipeline).
+
+  python -m mmgen_jax.benchmark --config=configs/gan.py:dcgan32 --steps=30 --warmup=5
+  python -m mmgen_jax.benchmark --config=configs/gan.py --input --json
+
+The step is the one training runs -- `parallel.data_parallel(family.train_step)` over all
+devices -- fed with synthetic batches of the configured shapes held on device, so the
+numbers measure compute only. Prints images/s and ms/step (median and spread over
+`--repeats` timed windows), FLOPs per step from XLA's cost analysis, the achieved FLOP/s
+and its share of a float32 GEMM ceiling measured in the same process, and peak memory.
+With --json the last line is one JSON object. No TensorFlow is imported.
+"""
+import json
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from mmgen_jax import families, parallel
+
+config_flags.DEFINE_config_file("config", None, "Experiment config (get_config(arg)).")
+flags.DEFINE_integer("steps", 30, "Steps per timed window.")
+flags.DEFINE_integer("warmup", 5, "Untimed steps after compilation.")
+flags.DEFINE_integer("repeats", 3, "Timed windows; the median and spread are reported.")
+flags.DEFINE_bool("input", False, "Also measure the real input pipeline's examples/s.")
+flags.DEFINE_bool("json", False, "Print the results as one JSON object on the last line.")
+flags.mark_flag_as_required("config")
+FLAGS = flags.FLAGS
+
+POOL = 4  # distinct synthetic batches cycled through, as the peer benchmark does
+
+
+def synthetic_batch(family, batch_size, seed):
+    """A host batch of the configured shapes: images in [-1, 1], caption input, indices."""
+    rng = np.random.default_rng(seed)
+    size = family.config.data.image_size
+    shape, dtype = family.text_spec()
+    if np.issubdtype(dtype, np.integer):
+        text = rng.integers(3, 259, (batch_size, *shape)).astype(dtype)
+    else:
+        text = rng.standard_normal((batch_size, *shape)).astype(dtype)
+    return {"image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
+            "text": text,
+            "index": np.arange(seed * batch_size, (seed + 1) * batch_size, dtype=np.int64)}
+
+
+def time_windows(run, steps, repeats):
+    """Seconds per call of `run` (which must block) in each of `repeats` windows."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(steps):
+            run(i)
+        out.append((time.perf_counter() - start) / steps)
+    return out
+
+
+def gemm_ceiling(n=2048, repeats=5):
+    """float32 n x n matrix product FLOP/s on the default device (median of repeats)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.dot)
+    matmul(a, a).block_until_ready()
+    seconds = time_windows(lambda _: matmul(a, a).block_until_ready(), 3, repeats)
+    return 2 * n ** 3 / float(np.median(seconds))
+
+
+def step_flops(compiled):
+    """FLOPs of one call of a compiled program, from XLA's cost analysis (all devices)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    # An SPMD program is analysed per device.
+    return float(cost.get("flops", float("nan"))) * jax.device_count()
+
+
+def peak_memory_bytes():
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: the process
+
+
+def input_examples_per_sec(config, batches=50):
+    from mmgen_jax.data import pipeline, prepare  # only when asked: it reads the dataset
+    d = config.data
+    stream = pipeline.TrainStream(
+        name=d.name, data_dir=d.data_dir or prepare.default_data_dir(), split=d.train_split,
+        image_size=d.image_size, max_text_len=d.max_text_len,
+        global_batch_size=config.train.batch_size, seed=config.seed,
+        num_threads=d.num_threads, prefetch=d.prefetch)
+    next(stream)  # start-up (threads, file handles) is not throughput
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches * config.train.batch_size / (time.perf_counter() - start)
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    family = families.get(config.model.family)(config)
+    mesh = parallel.make_mesh()
+    batch_size = config.train.batch_size
+    batches = [parallel.global_batch(family.device_batch(synthetic_batch(family, batch_size, i)),
+                                     mesh) for i in range(POOL)]
+    state = jax.jit(family.init, out_shardings=parallel.replicated(mesh))(
+        jax.random.PRNGKey(config.seed))
+    step = parallel.data_parallel(family.train_step, mesh)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batches[0]).compile()
+    compile_s = time.perf_counter() - t0
+    flops = step_flops(compiled)
+
+    def run(i):
+        nonlocal state
+        state, metrics = compiled(state, batches[i % POOL])
+        jax.block_until_ready(metrics)
+
+    for i in range(FLAGS.warmup):
+        run(i)
+    seconds = time_windows(run, FLAGS.steps, FLAGS.repeats)
+    ceiling = gemm_ceiling()
+    median = float(np.median(seconds))
+    result = {
+        "config": config.model.family,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "batch_size": batch_size,
+        "images_per_sec": batch_size / median,
+        "ms_per_step": 1e3 * median,
+        "ms_per_step_min": 1e3 * min(seconds),
+        "ms_per_step_max": 1e3 * max(seconds),
+        "flops_per_step": flops,
+        "achieved_flops_per_sec": flops / median,
+        "gemm_ceiling_flops_per_sec": ceiling,
+        "share_of_gemm_ceiling": flops / median / ceiling,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "compile_s": compile_s,
+    }
+    if FLAGS.input:
+        result["input_examples_per_sec"] = input_examples_per_sec(config)
+        result["input_to_step_ratio"] = result["input_examples_per_sec"] / result["images_per_sec"]
+
+    print(f"{result['backend']} x{result['devices']}, batch {batch_size}: "
+          f"{result['images_per_sec']:.1f} images/s, {result['ms_per_step']:.1f} ms/step "
+          f"(min {result['ms_per_step_min']:.1f}, max {result['ms_per_step_max']:.1f}, "
+          f"{FLAGS.repeats} x {FLAGS.steps} steps)")
+    print(f"{flops / 1e9:.2f} GFLOP/step, {result['achieved_flops_per_sec'] / 1e9:.1f} GFLOP/s "
+          f"= {100 * result['share_of_gemm_ceiling']:.0f}% of the measured float32 GEMM ceiling "
+          f"({ceiling / 1e9:.0f} GFLOP/s); peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB; "
+          f"compile {compile_s:.1f} s")
+    if FLAGS.input:
+        print(f"input pipeline: {result['input_examples_per_sec']:.0f} examples/s "
+              f"= {result['input_to_step_ratio']:.1f}x what the step consumes")
+    if FLAGS.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)
