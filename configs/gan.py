@@ -6,6 +6,7 @@ Variants: `configs/gan.py:smoke` (seconds; tests and CI), `configs/gan.py:dcgan3
 (exactly the peer benchmark's architecture and step, ../shared/peers/SPEC.md).
 Override any field: --config.train.num_steps=200 --config.data.data_dir=/data/tfds
 """
+
 import ml_collections
 
 
@@ -29,7 +30,9 @@ def get_config(arg=None):
     m.g_width = 32  # generator base width (channels double towards the 4x4 start)
     m.d_width = 32  # discriminator base width (channels double at each downsampling)
     m.g_impl = "fast"  # G's upsampling: "fast" (sub-pixel convs) or "textbook" ConvTranspose
-    m.d_impl = "textbook"  # D's downsampling: "textbook" strided Conv (fastest on XLA:CPU) or "fast"
+    m.d_impl = (
+        "textbook"  # D's downsampling: "textbook" strided Conv (fastest on XLA:CPU) or "fast"
+    )
     m.conditioning = "projection"  # how D uses the caption: "projection" or "concat"
     m.d_norm = "spectral"  # D's normalisation: "spectral" (SNGAN) or "batch" (DCGAN)
     m.text_proj_dim = 128  # width of the caption projection inside G and D
@@ -63,8 +66,9 @@ def get_config(arg=None):
     if arg:
         for variant in arg.split(","):
             if variant not in VARIANTS:
-                raise ValueError(f"unknown variant {variant!r} of configs/gan.py; "
-                                 f"known: {', '.join(VARIANTS)}")
+                raise ValueError(
+                    f"unknown variant {variant!r} of configs/gan.py; known: {', '.join(VARIANTS)}"
+                )
             VARIANTS[variant](c)
     return c
 

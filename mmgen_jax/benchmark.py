@@ -10,6 +10,7 @@ numbers measure compute only. Prints images/s and ms/step (median and spread ove
 and its share of a float32 GEMM ceiling measured in the same process, and peak memory.
 With --json the last line is one JSON object. No TensorFlow is imported.
 """
+
 import json
 import resource
 import time
@@ -43,9 +44,11 @@ def synthetic_batch(family, batch_size, seed):
         text = rng.integers(3, 259, (batch_size, *shape)).astype(dtype)
     else:
         text = rng.standard_normal((batch_size, *shape)).astype(dtype)
-    return {"image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
-            "text": text,
-            "index": np.arange(seed * batch_size, (seed + 1) * batch_size, dtype=np.int64)}
+    return {
+        "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
+        "text": text,
+        "index": np.arange(seed * batch_size, (seed + 1) * batch_size, dtype=np.int64),
+    }
 
 
 def time_windows(run, steps, repeats):
@@ -65,7 +68,7 @@ def gemm_ceiling(n=2048, repeats=5):
     matmul = jax.jit(jnp.dot)
     matmul(a, a).block_until_ready()
     seconds = time_windows(lambda _: matmul(a, a).block_until_ready(), 3, repeats)
-    return 2 * n ** 3 / float(np.median(seconds))
+    return 2 * n**3 / float(np.median(seconds))
 
 
 def step_flops(compiled):
@@ -85,12 +88,19 @@ def peak_memory_bytes():
 
 def input_examples_per_sec(config, batches=50):
     from mmgen_jax.data import pipeline, prepare  # only when asked: it reads the dataset
+
     d = config.data
     stream = pipeline.TrainStream(
-        name=d.name, data_dir=d.data_dir or prepare.default_data_dir(), split=d.train_split,
-        image_size=d.image_size, max_text_len=d.max_text_len,
-        global_batch_size=config.train.batch_size, seed=config.seed,
-        num_threads=d.num_threads, prefetch=d.prefetch)
+        name=d.name,
+        data_dir=d.data_dir or prepare.default_data_dir(),
+        split=d.train_split,
+        image_size=d.image_size,
+        max_text_len=d.max_text_len,
+        global_batch_size=config.train.batch_size,
+        seed=config.seed,
+        num_threads=d.num_threads,
+        prefetch=d.prefetch,
+    )
     next(stream)  # start-up (threads, file handles) is not throughput
     start = time.perf_counter()
     for _ in range(batches):
@@ -104,10 +114,13 @@ def main(argv):
     family = families.get(config.model.family)(config)
     mesh = parallel.make_mesh()
     batch_size = config.train.batch_size
-    batches = [parallel.global_batch(family.device_batch(synthetic_batch(family, batch_size, i)),
-                                     mesh) for i in range(POOL)]
+    batches = [
+        parallel.global_batch(family.device_batch(synthetic_batch(family, batch_size, i)), mesh)
+        for i in range(POOL)
+    ]
     state = jax.jit(family.init, out_shardings=parallel.replicated(mesh))(
-        jax.random.PRNGKey(config.seed))
+        jax.random.PRNGKey(config.seed)
+    )
     step = parallel.data_parallel(family.train_step, mesh)
 
     t0 = time.perf_counter()
@@ -145,17 +158,24 @@ def main(argv):
         result["input_examples_per_sec"] = input_examples_per_sec(config)
         result["input_to_step_ratio"] = result["input_examples_per_sec"] / result["images_per_sec"]
 
-    print(f"{result['backend']} x{result['devices']}, batch {batch_size}: "
-          f"{result['images_per_sec']:.1f} images/s, {result['ms_per_step']:.1f} ms/step "
-          f"(min {result['ms_per_step_min']:.1f}, max {result['ms_per_step_max']:.1f}, "
-          f"{FLAGS.repeats} x {FLAGS.steps} steps)")
-    print(f"{flops / 1e9:.2f} GFLOP/step, {result['achieved_flops_per_sec'] / 1e9:.1f} GFLOP/s "
-          f"= {100 * result['share_of_gemm_ceiling']:.0f}% of the measured float32 GEMM ceiling "
-          f"({ceiling / 1e9:.0f} GFLOP/s); peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB; "
-          f"compile {compile_s:.1f} s")
+    print(
+        f"{result['backend']} x{result['devices']}, batch {batch_size}: "
+        f"{result['images_per_sec']:.1f} images/s, {result['ms_per_step']:.1f} ms/step "
+        f"(min {result['ms_per_step_min']:.1f}, max {result['ms_per_step_max']:.1f}, "
+        f"{FLAGS.repeats} x {FLAGS.steps} steps)"
+    )
+    print(
+        f"{flops / 1e9:.2f} GFLOP/step, {result['achieved_flops_per_sec'] / 1e9:.1f} GFLOP/s "
+        f"= {100 * result['share_of_gemm_ceiling']:.0f}% of the measured float32 GEMM ceiling "
+        f"({ceiling / 1e9:.0f} GFLOP/s); "
+        f"peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB; "
+        f"compile {compile_s:.1f} s"
+    )
     if FLAGS.input:
-        print(f"input pipeline: {result['input_examples_per_sec']:.0f} examples/s "
-              f"= {result['input_to_step_ratio']:.1f}x what the step consumes")
+        print(
+            f"input pipeline: {result['input_examples_per_sec']:.0f} examples/s "
+            f"= {result['input_to_step_ratio']:.1f}x what the step consumes"
+        )
     if FLAGS.json:
         print(json.dumps(result))
 

@@ -4,6 +4,7 @@ Saves are asynchronous (training continues while files are written) and atomic: 
 writes each step into a temporary folder and renames it when complete, so a crash or
 SIGTERM during a save leaves the previous checkpoint as the latest usable one.
 """
+
 import os
 import signal
 import threading
@@ -23,8 +24,10 @@ class Checkpointer:
                 max_to_keep=max_to_keep,
                 create=not read_only,
                 read_only=read_only,
-                enable_async_checkpointing=not read_only),
-            item_names=("state", "data"))
+                enable_async_checkpointing=not read_only,
+            ),
+            item_names=("state", "data"),
+        )
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -34,9 +37,10 @@ class Checkpointer:
         self.manager.save(
             int(step),
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state)),
-            force=True)
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+            ),
+            force=True,
+        )
 
     def restore(self, abstract_state, step=None):
         """(state, data_state) of `step` (default: latest), laid out as `abstract_state`.
@@ -48,12 +52,14 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(
                 f"no checkpoint in {self.directory}: train first with "
-                f"`python -m mmgen_jax.main --config=... --workdir=...`")
+                f"`python -m mmgen_jax.main --config=... --workdir=...`"
+            )
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore()))
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+            ),
+        )
         return restored.state, restored.data
 
     def reached_preemption(self, step):
@@ -69,8 +75,7 @@ class Checkpointer:
 
 def abstract(tree, sharding):
     """Shapes and dtypes of `tree` placed with `sharding`: the target of a restore."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 class StopRequest:

@@ -4,6 +4,7 @@ Each returns a scalar mean over the (per-device) batch. Working on logits with
 softplus keeps the log-sigmoid terms finite for any logit:
   -log sigmoid(x) = softplus(-x),   -log(1 - sigmoid(x)) = softplus(x).
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -26,14 +27,14 @@ def _fake_term(loss, logits):
     raise ValueError(f"unknown GAN loss {loss!r}; use 'nonsaturating' or 'hinge'")
 
 
-def discriminator_loss(loss, real_logits, fake_logits, mismatched_logits=None,
-                       mismatch_weight=0.5):
+def discriminator_loss(loss, real_logits, fake_logits, mismatched_logits=None, mismatch_weight=0.5):
     """L_D = real(x) + fake(G(z)); with mismatched captions (GAN-INT-CLS), the
     negative side is shared: real(x) + (1 - w) fake(G(z)) + w fake(x, wrong caption)."""
     negative = _fake_term(loss, fake_logits)
     if mismatched_logits is not None:
-        negative = ((1.0 - mismatch_weight) * negative
-                    + mismatch_weight * _fake_term(loss, mismatched_logits))
+        negative = (1.0 - mismatch_weight) * negative + mismatch_weight * _fake_term(
+            loss, mismatched_logits
+        )
     return _real_term(loss, real_logits) + negative
 
 

@@ -4,6 +4,7 @@ Re-running the same command resumes from the latest checkpoint in --workdir.
 Override config fields with --config.train.num_steps=200; pick variants with
 --config=configs/gan.py:smoke.
 """
+
 import logging as pylogging
 import sys
 
@@ -13,8 +14,9 @@ from ml_collections import config_flags
 from mmgen_jax import train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (get_config(arg)).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "The run's directory: checkpoints, metrics, samples.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -25,8 +27,10 @@ def parse_flags(argv):
         return FLAGS(argv)
     except (AttributeError, KeyError) as e:
         overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        sys.exit(f"FATAL: config has no field {e} (overrides given: {', '.join(overrides)}). "
-                 f"Fields and their meaning are listed in the config file.")
+        sys.exit(
+            f"FATAL: config has no field {e} (overrides given: {', '.join(overrides)}). "
+            f"Fields and their meaning are listed in the config file."
+        )
     except ValueError as e:  # e.g. an unknown variant in --config=FILE:VARIANT
         sys.exit(f"FATAL: {e}")
     except flags.Error as e:

@@ -5,6 +5,7 @@ gradients, metrics and BatchNorm statistics with `lax.pmean(..., AXIS)`. `data_p
 maps that function over the mesh with `jax.shard_map` inside `jax.jit` -- what
 `jax.pmap` itself lowers to -- replicating the state and splitting the batch.
 """
+
 import collections
 
 import jax
@@ -48,7 +49,8 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
             raise ValueError(
                 f"the per-process batch ({x.shape[0]} rows) must divide evenly over this "
                 f"process's {local_devices} devices; choose train.batch_size as a multiple "
-                f"of {jax.device_count()}")
+                f"of {jax.device_count()}"
+            )
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree.map(put, local_batch)
@@ -64,8 +66,8 @@ def data_parallel(per_device_step, mesh: Mesh, donate_state: bool = True):
     are per-device until the step averages them explicitly.
     """
     mapped = jax.shard_map(
-        per_device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
-        check_vma=False)
+        per_device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False
+    )
     return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
 
 

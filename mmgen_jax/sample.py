@@ -2,11 +2,13 @@
 
   python -m mmgen_jax.sample --workdir=runs/gan --captions_file=captions.txt --out_dir=out
       one PNG per caption line (UTF-8) and out/index.jsonl ({"file", "caption"} per image)
-  python -m mmgen_jax.sample --workdir=runs/gan --caption="a red handwritten seven on a blue background" --num=16 --out=grid.png
+  python -m mmgen_jax.sample --workdir=runs/gan --num=16 --out=grid.png \
+      --caption="a red handwritten seven on a blue background"
 
 Image i uses noise fold_in(PRNGKey(seed), i): the same seed gives the same images,
 whatever the batch size.
 """
+
 import json
 import os
 
@@ -36,8 +38,10 @@ def load_run(workdir, step=None):
     """(config, family, sampling variables) of the run in `workdir`."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} is not a training run (no config.json); pass the "
-                                f"--workdir of a `python -m mmgen_jax.main` run")
+        raise FileNotFoundError(
+            f"{workdir} is not a training run (no config.json); pass the "
+            f"--workdir of a `python -m mmgen_jax.main` run"
+        )
     with open(path, encoding="utf-8") as f:
         config = ml_collections.ConfigDict(json.load(f))
     family = families.get(config.model.family)(config)
@@ -63,8 +67,8 @@ def generate(family, variables, captions, max_text_len, seed=0, batch_size=256):
         # Pad the last batch to the full size so it reuses the compiled program.
         idx = np.arange(start, start + batch_size, dtype=np.uint32)
         tok = np.zeros((batch_size, tokens.shape[1]), np.int32)
-        tok[:stop - start] = tokens[start:stop]
-        out.append(np.asarray(run(variables, tok, key, idx))[:stop - start])
+        tok[: stop - start] = tokens[start:stop]
+        out.append(np.asarray(run(variables, tok, key, idx))[: stop - start])
     return writers.to_uint8(np.concatenate(out))
 
 
@@ -83,7 +87,9 @@ def read_captions(path):
 def main(argv):
     del argv
     if bool(FLAGS.captions_file) == bool(FLAGS.caption):
-        raise app.UsageError("give either --captions_file (with --out_dir) or --caption (with --out)")
+        raise app.UsageError(
+            "give either --captions_file (with --out_dir) or --caption (with --out)"
+        )
     if FLAGS.captions_file and not FLAGS.out_dir:
         raise app.UsageError("--captions_file needs --out_dir")
     if FLAGS.caption and not FLAGS.out:
@@ -98,16 +104,24 @@ def main(argv):
             for i, (caption, image) in enumerate(zip(captions, images)):
                 name = f"{i:06d}.png"
                 Image.fromarray(image).save(os.path.join(FLAGS.out_dir, name))
-                index.write(json.dumps({"file": name, "caption": caption},
-                                       ensure_ascii=False) + "\n")
+                index.write(
+                    json.dumps({"file": name, "caption": caption}, ensure_ascii=False) + "\n"
+                )
         print(f"wrote {len(captions)} images and index.jsonl to {FLAGS.out_dir}")
     else:
         cols = 8
         rows = -(-FLAGS.num // cols)
-        images = generate(family, variables, [FLAGS.caption] * (rows * cols), max_len,
-                          FLAGS.seed, FLAGS.batch_size)
-        grid = writers.caption_grid([FLAGS.caption] * rows, None,
-                                    images.reshape(rows, cols, *images.shape[1:]))
+        images = generate(
+            family,
+            variables,
+            [FLAGS.caption] * (rows * cols),
+            max_len,
+            FLAGS.seed,
+            FLAGS.batch_size,
+        )
+        grid = writers.caption_grid(
+            [FLAGS.caption] * rows, None, images.reshape(rows, cols, *images.shape[1:])
+        )
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         grid.save(FLAGS.out)
         print(f"wrote {FLAGS.out}")

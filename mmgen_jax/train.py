@@ -1,4 +1,5 @@
 """The family-agnostic training loop: init-or-resume, step, log, checkpoint, sample."""
+
 import json
 import logging
 import os
@@ -12,9 +13,16 @@ from mmgen_jax.data import pipeline, prepare
 
 # Fields that may change between a run and its resumption; any other change means a
 # different experiment, which needs its own workdir.
-RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.checkpoint_every",
-                     "train.max_to_keep", "train.sample_every", "data.data_dir",
-                     "data.num_threads", "data.prefetch")
+RESUMABLE_CHANGES = (
+    "train.num_steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.max_to_keep",
+    "train.sample_every",
+    "data.data_dir",
+    "data.num_threads",
+    "data.prefetch",
+)
 
 log = logging.getLogger("mmgen_jax")
 
@@ -28,45 +36,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         raise ValueError(
             "model.text_encoder='none' feeds precomputed caption embeddings and serves the "
             "benchmark (configs/gan.py:dcgan32); to train on captions set "
-            "--config.model.text_encoder=conv (or transformer)")
+            "--config.model.text_encoder=conv (or transformer)"
+        )
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                   max_to_keep=config.train.max_to_keep)
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=config.train.max_to_keep
+    )
     _write_run_files(config, workdir, is_main, resuming=ckpt.latest_step() is not None)
 
     mesh = parallel.make_mesh()
     family = families.get(config.model.family)(config, axis_name=parallel.AXIS)
     data_dir = config.data.data_dir or prepare.default_data_dir()
     stream = pipeline.TrainStream(
-        name=config.data.name, data_dir=data_dir, split=config.data.train_split,
-        image_size=config.data.image_size, max_text_len=config.data.max_text_len,
-        global_batch_size=config.train.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+        name=config.data.name,
+        data_dir=data_dir,
+        split=config.data.train_split,
+        image_size=config.data.image_size,
+        max_text_len=config.data.max_text_len,
+        global_batch_size=config.train.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_threads=config.data.num_threads,
+        prefetch=config.data.prefetch,
+    )
 
     rng = jax.random.PRNGKey(config.seed)
     state, start = _restore_or_init(family, ckpt, stream, rng, mesh)
 
     num_steps = config.train.num_steps
     if start >= num_steps:
-        log.info("%s already trained to step %d (num_steps=%d): nothing to do.",
-                     workdir, start, num_steps)
+        log.info(
+            "%s already trained to step %d (num_steps=%d): nothing to do.",
+            workdir,
+            start,
+            num_steps,
+        )
         ckpt.close()
         return state
 
     train_step = parallel.data_parallel(family.train_step, mesh)
     batches = parallel.Prefetcher(
-        stream, lambda b: parallel.global_batch(family.device_batch(b), mesh))
+        stream, lambda b: parallel.global_batch(family.device_batch(b), mesh)
+    )
     writer = writers.MetricWriter(workdir, enabled=is_main)
     progress = writers.Progress(num_steps, start, enabled=is_main)
     samples = _SampleGrid(config, family, data_dir, workdir) if is_main else None
     stop = checkpoint.StopRequest()
     pending = []  # this interval's metrics, still on device: no sync per step
     t = config.train
-    log.info("Training %s from step %d to %d on %d devices (%d processes).",
-                 config.model.family, start, num_steps, jax.device_count(), jax.process_count())
+    log.info(
+        "Training %s from step %d to %d on %d devices (%d processes).",
+        config.model.family,
+        start,
+        num_steps,
+        jax.device_count(),
+        jax.process_count(),
+    )
 
     step = start
     try:
@@ -125,7 +153,8 @@ def _mean_metrics(pending, step):
         raise FloatingPointError(
             f"{', '.join(bad)} became non-finite by step {step}. The run diverged: resume "
             f"from the last checkpoint with smaller learning rates (--config.train.lr_g, "
-            f"--config.train.lr_d) or start a new workdir.")
+            f"--config.train.lr_d) or start a new workdir."
+        )
     return averaged
 
 
@@ -135,11 +164,17 @@ class _SampleGrid:
     def __init__(self, config, family, data_dir, workdir):
         t, d = config.train, config.data
         examples = pipeline.eval_batch(
-            name=d.name, data_dir=data_dir, split=d.eval_split, image_size=d.image_size,
-            max_text_len=d.max_text_len, num=max(64, t.sample_rows))
+            name=d.name,
+            data_dir=data_dir,
+            split=d.eval_split,
+            image_size=d.image_size,
+            max_text_len=d.max_text_len,
+            num=max(64, t.sample_rows),
+        )
         # Prefer captions the grid's font surely draws (ASCII), keep stored order.
-        order = sorted(range(len(examples["caption"])),
-                       key=lambda i: not examples["caption"][i].isascii())[:t.sample_rows]
+        order = sorted(
+            range(len(examples["caption"])), key=lambda i: not examples["caption"][i].isascii()
+        )[: t.sample_rows]
         self.captions = [examples["caption"][i] for i in order]
         self.real = examples["image"][order]
         cols = t.sample_cols
@@ -153,8 +188,9 @@ class _SampleGrid:
 
     def write(self, step, state, writer):
         # Process 0 samples on its first device from its own copy of the replicated state.
-        variables = jax.tree.map(lambda x: x.addressable_data(0),
-                                 self.family.sampling_variables(state))
+        variables = jax.tree.map(
+            lambda x: x.addressable_data(0), self.family.sampling_variables(state)
+        )
         images = np.asarray(self._generate(variables, self.tokens, self.key, self.indices))
         images = images.reshape(len(self.captions), self.cols, *images.shape[1:])
         grid = writers.caption_grid(self.captions, self.real, images)
@@ -170,13 +206,17 @@ def _write_run_files(config, workdir, is_main, resuming):
         with open(path, encoding="utf-8") as f:
             saved = _flatten(json.load(f))
         current = _flatten(json.loads(config.to_json()))
-        changed = sorted(k for k in set(saved) | set(current)
-                         if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+        changed = sorted(
+            k
+            for k in set(saved) | set(current)
+            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES
+        )
         if changed:
             raise ValueError(
                 f"{workdir} holds a run with a different config ({', '.join(changed)} "
                 f"differ from {path}). A workdir is one experiment: use a new --workdir, "
-                f"or rerun with the saved config to resume it.")
+                f"or rerun with the saved config to resume it."
+            )
     if is_main:
         writers.write_json(path, json.loads(config.to_json()))
         writers.write_json(os.path.join(workdir, "manifest.json"), writers.manifest(config))

@@ -1,5 +1,6 @@
 """What a run writes: metrics (JSONL + TensorBoard), the progress line, image grids,
 the manifest. Only process 0 writes; the other processes get writers that do nothing."""
+
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ class MetricWriter:
         if not enabled:
             return
         from tensorboardX import SummaryWriter  # imported lazily: process 0 only
+
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -40,8 +42,7 @@ class MetricWriter:
 
     def image(self, step, tag, image: Image.Image):
         if self.enabled:
-            self._tb.add_image(tag, np.asarray(image.convert("RGB")), int(step),
-                               dataformats="HWC")
+            self._tb.add_image(tag, np.asarray(image.convert("RGB")), int(step), dataformats="HWC")
 
     def close(self):
         if self.enabled:
@@ -57,6 +58,7 @@ class Progress:
         self._bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
+
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
         self._last_step, self._last_time = initial, time.perf_counter()
         self.enabled = enabled
@@ -74,8 +76,9 @@ class Progress:
             self._bar.set_postfix_str(shown)
         else:
             eta = (self.total - step) / rate if rate > 0 else float("inf")
-            log.info("step %d/%d %s %.2f steps/s ETA %s", step, self.total, shown, rate,
-                         _duration(eta))
+            log.info(
+                "step %d/%d %s %.2f steps/s ETA %s", step, self.total, shown, rate, _duration(eta)
+            )
         return rate
 
     def close(self):
@@ -119,16 +122,20 @@ def caption_grid(captions, real, generated, scale=2, text_width=300):
     cell, pad = h * scale, 4
     font = _font(12)
     columns = ([("real", to_uint8(real))] if real is not None else []) + [
-        (f"generated {j + 1}", generated[:, j]) for j in range(k)]
+        (f"generated {j + 1}", generated[:, j]) for j in range(k)
+    ]
     header = 16
-    grid = Image.new("RGB", (text_width + len(columns) * (cell + pad) + pad,
-                             header + n * (cell + pad) + pad), "white")
+    grid = Image.new(
+        "RGB",
+        (text_width + len(columns) * (cell + pad) + pad, header + n * (cell + pad) + pad),
+        "white",
+    )
     draw = ImageDraw.Draw(grid)
     for c, (title, _) in enumerate(columns):
         draw.text((text_width + c * (cell + pad) + pad, 2), title, fill="black", font=font)
     for r, caption in enumerate(captions):
         y = header + r * (cell + pad) + pad
-        lines = textwrap.wrap(caption, width=max(10, text_width // 7))[:cell // 14]
+        lines = textwrap.wrap(caption, width=max(10, text_width // 7))[: cell // 14]
         draw.multiline_text((pad, y), "\n".join(lines), fill="black", font=font, spacing=2)
         for c, (_, images) in enumerate(columns):
             tile = Image.fromarray(images[r]).resize((cell, cell), Image.NEAREST)
@@ -150,10 +157,20 @@ def manifest(config):
     import hashlib
 
     import jax
+
     config_json = config.to_json(sort_keys=True)
     versions = {}
-    for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
-                    "tensorflow-datasets", "grain", "numpy", "ml-collections"):
+    for package in (
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "tensorflow-datasets",
+        "grain",
+        "numpy",
+        "ml-collections",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -178,10 +195,14 @@ def _git_state():
     here = os.path.dirname(os.path.abspath(__file__))
 
     def git(*args):
-        return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", here, *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
-        return {"revision": git("rev-parse", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {
+            "revision": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
     except (OSError, subprocess.SubprocessError):
         return None  # not a git checkout (an installed wheel)

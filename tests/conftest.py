@@ -1,13 +1,17 @@
 """Test setup: JAX on CPU with 4 fake devices, set before JAX is imported."""
+
 import os
 
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests (and the subprocesses they start) compile the same smoke-sized programs:
 # a persistent compilation cache makes every compile after the first a file read.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    os.environ.get("TMPDIR", "/tmp"), "mmgen_jax_test_jax_cache"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.environ.get("TMPDIR", "/tmp"), "mmgen_jax_test_jax_cache"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -21,7 +25,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def load_config(name="gan", arg="smoke"):
     """configs/<name>.py's get_config(arg), as `--config=configs/<name>.py:<arg>` does."""
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"configs_{name}", ROOT / "configs" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
@@ -31,6 +37,7 @@ def load_config(name="gan", arg="smoke"):
 def data_dir(tmp_path_factory):
     """A TFDS data_dir with the embedded digits_captions dataset prepared (once per session)."""
     from mmgen_jax.data import prepare
+
     path = tmp_path_factory.mktemp("tfds")
     prepare.ensure_prepared("digits_captions", str(path))
     return str(path)

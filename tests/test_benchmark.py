@@ -1,5 +1,6 @@
 """The benchmark's step is the plain DCGAN step (same losses and gradients), and the
 benchmark CLI prints its numbers."""
+
 import json
 import subprocess
 import sys
@@ -24,19 +25,31 @@ def reference_step(config, state, batch):
     real, text = batch["image"], batch["text"]
 
     def generate(g_params):
-        return G.apply({"params": g_params, "batch_stats": state.g.batch_stats}, z, text,
-                       train=True, mutable=["batch_stats"])
+        return G.apply(
+            {"params": g_params, "batch_stats": state.g.batch_stats},
+            z,
+            text,
+            train=True,
+            mutable=["batch_stats"],
+        )
 
     def discriminate(d_params, images):
-        return D.apply({"params": d_params, "batch_stats": state.d.batch_stats}, images, text,
-                       train=True, mutable=["batch_stats"])
+        return D.apply(
+            {"params": d_params, "batch_stats": state.d.batch_stats},
+            images,
+            text,
+            train=True,
+            mutable=["batch_stats"],
+        )
 
     def d_loss(d_params):
         fake = jax.lax.stop_gradient(generate(state.g.params)[0])
         real_logits, new_stats = discriminate(d_params, real)
         fake_logits, _ = discriminate(d_params, fake)
-        loss = (optax.sigmoid_binary_cross_entropy(real_logits, jnp.ones_like(real_logits)).mean()
-                + optax.sigmoid_binary_cross_entropy(fake_logits, jnp.zeros_like(fake_logits)).mean())
+        loss = (
+            optax.sigmoid_binary_cross_entropy(real_logits, jnp.ones_like(real_logits)).mean()
+            + optax.sigmoid_binary_cross_entropy(fake_logits, jnp.zeros_like(fake_logits)).mean()
+        )
         return loss, new_stats["batch_stats"]
 
     def g_loss(g_params):
@@ -49,8 +62,12 @@ def reference_step(config, state, batch):
     (gl, _), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.g.params)
     d_updates, _ = family.tx_d.update(d_grads, state.d.opt_state, state.d.params)
     g_updates, _ = family.tx_g.update(g_grads, state.g.opt_state, state.g.params)
-    return (optax.apply_updates(state.d.params, d_updates),
-            optax.apply_updates(state.g.params, g_updates), dl, gl)
+    return (
+        optax.apply_updates(state.d.params, d_updates),
+        optax.apply_updates(state.g.params, g_updates),
+        dl,
+        gl,
+    )
 
 
 def test_dcgan32_step_equals_textbook_reference():
@@ -61,27 +78,51 @@ def test_dcgan32_step_equals_textbook_reference():
     batch = family.device_batch(benchmark.synthetic_batch(family, 16, seed=0))
 
     d_params, g_params, d_loss, g_loss = jax.jit(reference_step, static_argnums=0)(
-        config, state, batch)
+        config, state, batch
+    )
     mesh = parallel.make_mesh()
     step = parallel.data_parallel(family.train_step, mesh, donate_state=False)
     new_state, metrics = step(parallel.replicate(state, mesh), parallel.global_batch(batch, mesh))
 
     np.testing.assert_allclose(metrics["d_loss"], d_loss, rtol=1e-5)
     np.testing.assert_allclose(metrics["g_loss"], g_loss, rtol=1e-5)
-    close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                                                    atol=2e-6)
+
+    def close(a, b):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-6)
+
     jax.tree.map(close, new_state.d.params, d_params)
     jax.tree.map(close, new_state.g.params, g_params)
 
 
 def test_benchmark_cli_prints_its_numbers(data_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "mmgen_jax.benchmark", "--config=configs/gan.py:smoke",
-         f"--config.data.data_dir={data_dir}", "--steps=2", "--warmup=1", "--repeats=2",
-         "--input", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "mmgen_jax.benchmark",
+            "--config=configs/gan.py:smoke",
+            f"--config.data.data_dir={data_dir}",
+            "--steps=2",
+            "--warmup=1",
+            "--repeats=2",
+            "--input",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     numbers = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("images_per_sec", "ms_per_step", "flops_per_step", "achieved_flops_per_sec",
-                "gemm_ceiling_flops_per_sec", "peak_memory_bytes", "input_examples_per_sec"):
+    for key in (
+        "images_per_sec",
+        "ms_per_step",
+        "flops_per_step",
+        "achieved_flops_per_sec",
+        "gemm_ceiling_flops_per_sec",
+        "peak_memory_bytes",
+        "input_examples_per_sec",
+    ):
         assert numbers[key] > 0, key
     assert numbers["devices"] == 4 and "images/s" in result.stdout

@@ -1,4 +1,5 @@
 """Each GAN loss against values computed by hand."""
+
 import math
 
 import jax.numpy as jnp
@@ -22,10 +23,15 @@ def test_nonsaturating_discriminator():
     want = (softplus(-2.0) + softplus(1.0)) / 2 + (softplus(0.5) + softplus(-3.0)) / 2
     got = losses.discriminator_loss("nonsaturating", REAL, FAKE)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
     # The textbook form on probabilities agrees.
-    sig = lambda x: 1 / (1 + math.exp(-x))
-    textbook = -(math.log(sig(2.0)) + math.log(sig(-1.0))) / 2 - (
-        math.log(1 - sig(0.5)) + math.log(1 - sig(-3.0))) / 2
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
+    textbook = (
+        -(math.log(sig(2.0)) + math.log(sig(-1.0))) / 2
+        - (math.log(1 - sig(0.5)) + math.log(1 - sig(-3.0))) / 2
+    )
     np.testing.assert_allclose(got, textbook, rtol=1e-6)
 
 
@@ -43,9 +49,11 @@ def test_hinge():
 
 def test_matching_aware_shares_the_negative_side():
     w = 0.5
-    want = ((softplus(-2.0) + softplus(1.0)) / 2
-            + (1 - w) * (softplus(0.5) + softplus(-3.0)) / 2
-            + w * (softplus(1.0) + softplus(0.0)) / 2)
+    want = (
+        (softplus(-2.0) + softplus(1.0)) / 2
+        + (1 - w) * (softplus(0.5) + softplus(-3.0)) / 2
+        + w * (softplus(1.0) + softplus(0.0)) / 2
+    )
     got = losses.discriminator_loss("nonsaturating", REAL, FAKE, WRONG, mismatch_weight=w)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     # hinge: 1 + (1 - w) * 0.75 + w * mean(max(0, 1 + [1, 0])) = 1 + 0.375 + 0.75
@@ -56,8 +64,9 @@ def test_matching_aware_shares_the_negative_side():
 def test_stable_for_extreme_logits():
     big = jnp.array([1e4, -1e4])
     assert np.isfinite(losses.discriminator_loss("nonsaturating", big, -big))
-    np.testing.assert_allclose(losses.generator_loss("nonsaturating", jnp.array([1e4])), 0.0,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        losses.generator_loss("nonsaturating", jnp.array([1e4])), 0.0, atol=1e-6
+    )
 
 
 def test_unknown_loss_is_a_clear_error():

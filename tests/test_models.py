@@ -1,5 +1,6 @@
 """Networks: exactness of the fast stride-2 convolutions, shapes, parameter counts, text masking,
 and BatchNorm statistics under data parallelism."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from mmgen_jax.models import (Conv2xDown, ConvTranspose2x, Discriminator, Generator,
-                              TextEncoder)
+from mmgen_jax.models import Conv2xDown, ConvTranspose2x, Discriminator, Generator, TextEncoder
 
 # Parameter counts of the PyTorch peer (shared/peers/SPEC.md).
 SPEC_G_PARAMS = 1_609_731
@@ -41,7 +41,8 @@ def _random_like(key, tree):
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(key, len(leaves))
     return treedef.unflatten(
-        [jax.random.normal(k, (x.size,)).reshape(x.shape) for k, x in zip(keys, leaves)])
+        [jax.random.normal(k, (x.size,)).reshape(x.shape) for k, x in zip(keys, leaves)]
+    )
 
 
 def test_layers_initialise_like_flax():
@@ -50,8 +51,11 @@ def test_layers_initialise_like_flax():
 
     @jax.jit
     def init_all(key):
-        return [(layer(5, impl=impl).init(key, x), twin(5).init(key, x))
-                for layer, twin in FLAX_TWIN.items() for impl in ("fast", "textbook")]
+        return [
+            (layer(5, impl=impl).init(key, x), twin(5).init(key, x))
+            for layer, twin in FLAX_TWIN.items()
+            for impl in ("fast", "textbook")
+        ]
 
     for ours, theirs in init_all(jax.random.key(0)):
         assert jax.tree.all(jax.tree.map(jnp.array_equal, ours, theirs))
@@ -61,13 +65,20 @@ def test_layers_initialise_like_flax():
 LAYER_CASES = [
     (layer, shape, features)
     for layer in (ConvTranspose2x, Conv2xDown)
-    for shape, features in [((3, 4, 4, 16), 8), ((2, 8, 8, 8), 12), ((2, 16, 16, 3), 4),
-                            ((2, 5, 7, 3), 5)]
+    for shape, features in [
+        ((3, 4, 4, 16), 8),
+        ((2, 8, 8, 8), 12),
+        ((2, 16, 16, 3), 4),
+        ((2, 5, 7, 3), 5),
+    ]
 ]
 
 
-@pytest.mark.parametrize("layer, shape, features", LAYER_CASES,
-                         ids=[f"{c[0].__name__}-{c[1]}-{c[2]}" for c in LAYER_CASES])
+@pytest.mark.parametrize(
+    "layer, shape, features",
+    LAYER_CASES,
+    ids=[f"{c[0].__name__}-{c[1]}-{c[2]}" for c in LAYER_CASES],
+)
 def test_fast_layer_equals_textbook_values_and_gradients(layer, shape, features):
     kx, kp, kc = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, shape)
@@ -78,10 +89,12 @@ def test_fast_layer_equals_textbook_values_and_gradients(layer, shape, features)
     @jax.jit
     def forward_and_gradients(variables, x):
         """Per impl: output, and gradients of <output, cotangent> w.r.t. parameters and input."""
+
         def run(impl):
             apply = layer(features, impl=impl).apply
             grads = jax.grad(lambda v, x: jnp.vdot(apply(v, x), cotangent), argnums=(0, 1))
             return apply(variables, x), grads(variables, x)
+
         return run("fast"), run("textbook")
 
     (y, grads), (ref_y, ref_grads) = forward_and_gradients(variables, x)
@@ -103,7 +116,9 @@ def test_layers_match_pytorch_definitions():
     full = np.zeros((n, 2 * h + 2, 2 * w + 2, cout), np.float32)
     for i in range(h):
         for j in range(w):
-            full[:, 2 * i:2 * i + 4, 2 * j:2 * j + 4] += np.einsum("bc,cdkl->bkld", x[:, i, j], wt)
+            full[:, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4] += np.einsum(
+                "bc,cdkl->bkld", x[:, i, j], wt
+            )
     kernel = wt.transpose(2, 3, 0, 1)[::-1, ::-1]
     got = ConvTranspose2x(cout, use_bias=False).apply({"params": {"kernel": kernel}}, x)
     _assert_close(got, full[:, 1:-1, 1:-1])
@@ -111,9 +126,19 @@ def test_layers_match_pytorch_definitions():
     # Conv2d(cin, cout, 4, stride=2, padding=1): output m reads padded pixels 2m .. 2m + 3.
     wc = rng.normal(size=(cout, cin, 4, 4)).astype(np.float32)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    expected = np.stack([np.stack([
-        np.einsum("bklc,dckl->bd", xp[:, 2 * i:2 * i + 4, 2 * j:2 * j + 4], wc)
-        for j in range(w // 2)], axis=1) for i in range(h // 2)], axis=1)
+    expected = np.stack(
+        [
+            np.stack(
+                [
+                    np.einsum("bklc,dckl->bd", xp[:, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4], wc)
+                    for j in range(w // 2)
+                ],
+                axis=1,
+            )
+            for i in range(h // 2)
+        ],
+        axis=1,
+    )
     kernel = wc.transpose(2, 3, 1, 0)
     got = Conv2xDown(cout, use_bias=False).apply({"params": {"kernel": kernel}}, x)
     _assert_close(got, expected)
@@ -153,14 +178,19 @@ def test_bad_image_size_is_rejected():
 
 
 def _small_gan(**kw):
-    return (Generator(image_size=16, base_width=8, text_proj_dim=8, **kw),
-            Discriminator(image_size=16, base_width=8, text_proj_dim=8, **kw))
+    return (
+        Generator(image_size=16, base_width=8, text_proj_dim=8, **kw),
+        Discriminator(image_size=16, base_width=8, text_proj_dim=8, **kw),
+    )
 
 
 def _small_batch(batch):
     kz, kt, kx = jax.random.split(jax.random.key(1), 3)
-    return (jax.random.normal(kz, (batch, 16)), jax.random.normal(kt, (batch, 12)),
-            jax.random.uniform(kx, (batch, 16, 16, 3), minval=-1, maxval=1))
+    return (
+        jax.random.normal(kz, (batch, 16)),
+        jax.random.normal(kt, (batch, 12)),
+        jax.random.uniform(kx, (batch, 16, 16, 3), minval=-1, maxval=1),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +199,8 @@ def small_gan_variables():
     z, t, x = _small_batch(2)
     g, d = _small_gan()
     return jax.jit(lambda key: (g.init(key, z, t, train=False), d.init(key, x, t, train=False)))(
-        jax.random.key(2))
+        jax.random.key(2)
+    )
 
 
 def _train_apply(net, variables, *inputs):
@@ -183,8 +214,10 @@ def test_networks_fast_equal_textbook_in_training_mode(small_gan_variables):
     @jax.jit
     def outputs():
         """Per impl: (G images, G batch stats), (D logits, D batch stats)."""
-        return [(_train_apply(g, g_vars, z, t), _train_apply(d, d_vars, x, t))
-                for g, d in (_small_gan(impl="fast"), _small_gan(impl="textbook"))]
+        return [
+            (_train_apply(g, g_vars, z, t), _train_apply(d, d_vars, x, t))
+            for g, d in (_small_gan(impl="fast"), _small_gan(impl="textbook"))
+        ]
 
     jax.tree.map(_assert_close, *outputs())
 
@@ -221,17 +254,24 @@ def test_batch_norm_statistics_are_global_under_shard_map(net, small_gan_variabl
     mapped_vars = jax.eval_shape(lambda: mapped.init(jax.random.key(0), *inputs, train=False))
     assert _shapes(mapped_vars) == _shapes(variables)
 
-    sharded = jax.jit(jax.shard_map(
-        lambda v, *inputs: _train_apply(mapped, v, *inputs), mesh=mesh,
-        in_specs=(P(), P("data"), P("data")), out_specs=(P("data"), P())))
+    sharded = jax.jit(
+        jax.shard_map(
+            lambda v, *inputs: _train_apply(mapped, v, *inputs),
+            mesh=mesh,
+            in_specs=(P(), P("data"), P("data")),
+            out_specs=(P("data"), P()),
+        )
+    )
     out, stats = sharded(variables, *inputs)
     ref_out, ref_stats = jax.jit(lambda v, *inputs: _train_apply(local, v, *inputs))(
-        variables, *inputs)
+        variables, *inputs
+    )
     _assert_close(out, ref_out)
     jax.tree.map(_assert_close, stats, ref_stats)
     # ... and the running averages did move (from their init of zeros and ones).
     assert not jax.tree.all(
-        jax.tree.map(jnp.array_equal, stats["batch_stats"], variables["batch_stats"]))
+        jax.tree.map(jnp.array_equal, stats["batch_stats"], variables["batch_stats"])
+    )
 
 
 @pytest.mark.parametrize("kind", ["transformer", "conv"])

@@ -1,5 +1,6 @@
 """The data-parallel step: equals jax.pmap of the same per-device function, and a
 4-device step equals a 1-device step on the same global batch."""
+
 import jax
 import numpy as np
 
@@ -9,15 +10,23 @@ from mmgen_jax.data import pipeline
 
 def _batches(config, n):
     stream = pipeline.TrainStream(
-        name=config.data.name, data_dir=config.data.data_dir, split="train",
-        image_size=config.data.image_size, max_text_len=config.data.max_text_len,
-        global_batch_size=config.train.batch_size, seed=config.seed)
+        name=config.data.name,
+        data_dir=config.data.data_dir,
+        split="train",
+        image_size=config.data.image_size,
+        max_text_len=config.data.max_text_len,
+        global_batch_size=config.train.batch_size,
+        seed=config.seed,
+    )
     return [next(stream) for _ in range(n)]
 
 
 def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(
-        np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol),
+        a,
+        b,
+    )
 
 
 def test_shard_map_step_equals_pmap(smoke_config):

@@ -1,4 +1,5 @@
 """End to end: the `main` entry point on the smoke config, resume, and config errors."""
+
 import json
 import os
 import signal
@@ -14,26 +15,36 @@ from mmgen_jax import train
 
 
 def _main(workdir, data_dir, *overrides, check=True):
-    cmd = [sys.executable, "-m", "mmgen_jax.main", "--config=configs/gan.py:smoke",
-           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *overrides]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          check=check)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmgen_jax.main",
+        "--config=configs/gan.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        *overrides,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=check)
 
 
 def _metrics(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     # wall-clock fields aside, a run's metrics are deterministic
-    return [{k: v for k, v in r.items() if k not in ("wall_time", "steps_per_sec")}
-            for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "steps_per_sec")} for r in rows]
 
 
 def test_main_smoke_run_writes_everything(tmp_path, data_dir):
     workdir = tmp_path / "run"
     result = _main(workdir, data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("config.json", "manifest.json", "metrics.jsonl", "samples/step_6.png",
-                 "checkpoints/6"):
+    for name in (
+        "config.json",
+        "manifest.json",
+        "metrics.jsonl",
+        "samples/step_6.png",
+        "checkpoints/6",
+    ):
         assert (workdir / name).exists(), name
     assert list((workdir / "tensorboard").iterdir())
     rows = _metrics(workdir)
@@ -59,8 +70,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, smoke_config
     resumed = train.train_and_evaluate(smoke_config, str(tmp_path / "resumed"))
 
     assert _metrics(tmp_path / "resumed") == _metrics(tmp_path / "straight")
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 jax.device_get(straight), jax.device_get(resumed))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+        jax.device_get(straight),
+        jax.device_get(resumed),
+    )
 
 
 def test_changed_experiment_in_same_workdir_is_refused(tmp_path, smoke_config):
@@ -71,11 +85,14 @@ def test_changed_experiment_in_same_workdir_is_refused(tmp_path, smoke_config):
         train.train_and_evaluate(smoke_config, str(tmp_path))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.train.no_such_field=3", "no_such_field"),
-    ("--config.train.num_steps=many", "num_steps"),
-    ("--config=configs/gan.py:nope", "unknown variant 'nope'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.no_such_field=3", "no_such_field"),
+        ("--config.train.num_steps=many", "num_steps"),
+        ("--config=configs/gan.py:nope", "unknown variant 'nope'"),
+    ],
+)
 def test_bad_override_is_a_clear_error(tmp_path, data_dir, override, message):
     result = _main(tmp_path, data_dir, override, check=False)
     assert result.returncode != 0
@@ -85,10 +102,18 @@ def test_bad_override_is_a_clear_error(tmp_path, data_dir, override, message):
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_dir):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mmgen_jax.main", "--config=configs/gan.py:smoke",
-           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-           "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
-           "--config.train.sample_every=100000", "--config.train.log_every=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmgen_jax.main",
+        "--config=configs/gan.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.train.num_steps=100000",
+        "--config.train.checkpoint_every=100000",
+        "--config.train.sample_every=100000",
+        "--config.train.log_every=1",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # training is under way once a step has been logged
         if "step 3/" in line:

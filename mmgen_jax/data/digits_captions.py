@@ -31,6 +31,7 @@ Splits and the compositional hold-out:
 Prepare with `python -m mmgen_jax.data.prepare --dataset=digits_captions`, or let
 the input pipeline do it on first use.
 """
+
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -47,153 +48,165 @@ PALETTE = (
     (0, 0, 255),
     (255, 255, 0),
 )
-COLOR_NAMES = ('black', 'white', 'red', 'green', 'blue', 'yellow')
-COLOR_NAMES_ZH = ('黑色', '白色', '红色', '绿色', '蓝色', '黄色')
-DIGIT_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven',
-               'eight', 'nine')
-DIGIT_WORDS_ZH = ('零', '一', '二', '三', '四', '五', '六', '七', '八', '九')
+COLOR_NAMES = ("black", "white", "red", "green", "blue", "yellow")
+COLOR_NAMES_ZH = ("黑色", "白色", "红色", "绿色", "蓝色", "黄色")
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_WORDS_ZH = ("零", "一", "二", "三", "四", "五", "六", "七", "八", "九")
 NUM_PAIRS = len(PALETTE) * (len(PALETTE) - 1)  # 30
 
 # Fields: {fg}/{bg} colour names, {word} digit word, {num} the numeral, and the
 # Chinese {fg_zh}/{bg_zh}/{word_zh}. Every template states digit, fg and bg.
 TEMPLATES = (
-    'a {fg} handwritten {word} on a {bg} background',
-    'the digit {num} in {fg} over {bg}',
-    'a handwritten {word} in {fg} on {bg}',
-    'the number {word}, written in {fg} on a {bg} background',
-    '{bg_zh}背景上的{fg_zh}手写数字{word_zh}',
-    '在{bg_zh}底色上用{fg_zh}写的数字{word_zh}',
+    "a {fg} handwritten {word} on a {bg} background",
+    "the digit {num} in {fg} over {bg}",
+    "a handwritten {word} in {fg} on {bg}",
+    "the number {word}, written in {fg} on a {bg} background",
+    "{bg_zh}背景上的{fg_zh}手写数字{word_zh}",
+    "在{bg_zh}底色上用{fg_zh}写的数字{word_zh}",
 )
 
 
 def pair_index(fg: int, bg: int) -> int:
-  """Numbers the 30 ordered (fg, bg) pairs with fg != bg as 0..29."""
-  if fg == bg:
-    raise ValueError(f'fg and bg must differ, got {fg} twice.')
-  return fg * 5 + (bg if bg < fg else bg - 1)
+    """Numbers the 30 ordered (fg, bg) pairs with fg != bg as 0..29."""
+    if fg == bg:
+        raise ValueError(f"fg and bg must differ, got {fg} twice.")
+    return fg * 5 + (bg if bg < fg else bg - 1)
 
 
 def pair_from_index(index: int) -> tuple[int, int]:
-  """Inverse of `pair_index`."""
-  fg, rest = divmod(index, 5)
-  return fg, (rest if rest < fg else rest + 1)
+    """Inverse of `pair_index`."""
+    fg, rest = divmod(index, 5)
+    return fg, (rest if rest < fg else rest + 1)
 
 
 def is_held_out(digit: int, fg: int, bg: int) -> bool:
-  """Whether (digit, fg, bg) never appears in the train split."""
-  return pair_index(fg, bg) % 10 == digit
+    """Whether (digit, fg, bg) never appears in the train split."""
+    return pair_index(fg, bg) % 10 == digit
 
 
 def caption(template: int, digit: int, fg: int, bg: int) -> str:
-  return TEMPLATES[template].format(
-      fg=COLOR_NAMES[fg], bg=COLOR_NAMES[bg], word=DIGIT_WORDS[digit],
-      num=digit, fg_zh=COLOR_NAMES_ZH[fg], bg_zh=COLOR_NAMES_ZH[bg],
-      word_zh=DIGIT_WORDS_ZH[digit])
+    return TEMPLATES[template].format(
+        fg=COLOR_NAMES[fg],
+        bg=COLOR_NAMES[bg],
+        word=DIGIT_WORDS[digit],
+        num=digit,
+        fg_zh=COLOR_NAMES_ZH[fg],
+        bg_zh=COLOR_NAMES_ZH[bg],
+        word_zh=DIGIT_WORDS_ZH[digit],
+    )
 
 
 def canonical_caption(digit: int, fg: int, bg: int) -> str:
-  """Template 0, e.g. 'a red handwritten seven on a blue background'."""
-  return caption(0, digit, fg, bg)
+    """Template 0, e.g. 'a red handwritten seven on a blue background'."""
+    return caption(0, digit, fg, bg)
 
 
 def image_pairs(image_id: int) -> list[tuple[int, int]]:
-  """The K distinct (fg, bg) pairs that image `image_id` is drawn with.
+    """The K distinct (fg, bg) pairs that image `image_id` is drawn with.
 
-  A generator per image (not one shared stream) keeps an image's pairs
-  independent of generation order and of every other image.
-  """
-  rng = np.random.default_rng([1234, image_id])
-  chosen = rng.choice(NUM_PAIRS, size=PAIRS_PER_IMAGE, replace=False)
-  return [pair_from_index(int(p)) for p in chosen]
+    A generator per image (not one shared stream) keeps an image's pairs
+    independent of generation order and of every other image.
+    """
+    rng = np.random.default_rng([1234, image_id])
+    chosen = rng.choice(NUM_PAIRS, size=PAIRS_PER_IMAGE, replace=False)
+    return [pair_from_index(int(p)) for p in chosen]
 
 
 def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) bilinear interpolation weights, half-pixel centres, clamped.
+    """(n_out, n_in) bilinear interpolation weights, half-pixel centres, clamped.
 
-  Output pixel i samples input coordinate (i + 0.5) * n_in / n_out - 0.5; the
-  coordinate is clamped to [0, n_in - 1], i.e. edge pixels are replicated.
-  """
-  x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-  lo = np.floor(x).astype(int)
-  hi = np.minimum(lo + 1, n_in - 1)
-  w = x - lo
-  m = np.zeros((n_out, n_in))
-  m[np.arange(n_out), lo] += 1 - w
-  m[np.arange(n_out), hi] += w
-  return m
+    Output pixel i samples input coordinate (i + 0.5) * n_in / n_out - 0.5; the
+    coordinate is clamped to [0, n_in - 1], i.e. edge pixels are replicated.
+    """
+    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = x - lo
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), lo] += 1 - w
+    m[np.arange(n_out), hi] += w
+    return m
 
 
 def upsample(intensity: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-  """Bilinear (separable) resize of a 2-D float array to (size, size)."""
-  rows = _bilinear_matrix(intensity.shape[0], size)
-  cols = _bilinear_matrix(intensity.shape[1], size)
-  return rows @ intensity @ cols.T
+    """Bilinear (separable) resize of a 2-D float array to (size, size)."""
+    rows = _bilinear_matrix(intensity.shape[0], size)
+    cols = _bilinear_matrix(intensity.shape[1], size)
+    return rows @ intensity @ cols.T
 
 
 def render(digit_image: np.ndarray, fg: int, bg: int) -> np.ndarray:
-  """An 8x8 image of values 0..16 -> (32, 32, 3) uint8 in colours fg on bg."""
-  a = upsample(np.asarray(digit_image, np.float64) / 16.0)[..., None]
-  rgb = a * np.array(PALETTE[fg]) + (1 - a) * np.array(PALETTE[bg])
-  return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    """An 8x8 image of values 0..16 -> (32, 32, 3) uint8 in colours fg on bg."""
+    a = upsample(np.asarray(digit_image, np.float64) / 16.0)[..., None]
+    rgb = a * np.array(PALETTE[fg]) + (1 - a) * np.array(PALETTE[bg])
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
 class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
-  """Coloured 32x32 handwritten digits with captions (see module docstring)."""
+    """Coloured 32x32 handwritten digits with captions (see module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {
-      '1.0.0': 'Initial release: 6 colour pairs per image, 6 caption '
-               'templates (4 English, 2 Chinese), compositional hold-out.',
-  }
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(
-                shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format='png'),
-            'caption': tfds.features.Text(),
-            'label': tfds.features.ClassLabel(names=list(DIGIT_WORDS)),
-            'fg': tfds.features.ClassLabel(names=list(COLOR_NAMES)),
-            'bg': tfds.features.ClassLabel(names=list(COLOR_NAMES)),
-            'held_out': tfds.features.Scalar(
-                dtype=np.bool_,
-                doc='(digit, fg, bg) is a combination absent from train.'),
-            'image_id': tfds.features.Scalar(
-                dtype=np.int32, doc='Index into sklearn load_digits().'),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html',
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # Nothing to download: the digits ship with scikit-learn.
-    # Imported here: only preparation needs scikit-learn, not readers of the
-    # constants above.
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-    digits = load_digits()
-    return {
-        'train': self._generate_examples(digits.images, digits.target, False),
-        'test': self._generate_examples(digits.images, digits.target, True),
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: 6 colour pairs per image, 6 caption "
+        "templates (4 English, 2 Chinese), compositional hold-out.",
     }
 
-  def _generate_examples(self, images, targets, test: bool):
-    for image_id, (image, digit) in enumerate(zip(images, targets)):
-      if (image_id % TEST_IMAGE_EVERY == 0) != test:
-        continue
-      digit = int(digit)
-      for slot, (fg, bg) in enumerate(image_pairs(image_id)):
-        held_out = is_held_out(digit, fg, bg)
-        if held_out and not test:
-          continue
-        template = (image_id + slot) % len(TEMPLATES)
-        # A PIL image is PNG-encoded by PIL itself, not by TensorFlow.
-        yield f'{image_id:04d}_{fg}_{bg}', {
-            'image': Image.fromarray(render(image, fg, bg)),
-            'caption': caption(template, digit, fg, bg),
-            'label': digit,
-            'fg': fg,
-            'bg': bg,
-            'held_out': held_out,
-            'image_id': image_id,
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format="png"
+                    ),
+                    "caption": tfds.features.Text(),
+                    "label": tfds.features.ClassLabel(names=list(DIGIT_WORDS)),
+                    "fg": tfds.features.ClassLabel(names=list(COLOR_NAMES)),
+                    "bg": tfds.features.ClassLabel(names=list(COLOR_NAMES)),
+                    "held_out": tfds.features.Scalar(
+                        dtype=np.bool_, doc="(digit, fg, bg) is a combination absent from train."
+                    ),
+                    "image_id": tfds.features.Scalar(
+                        dtype=np.int32, doc="Index into sklearn load_digits()."
+                    ),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        del dl_manager  # Nothing to download: the digits ship with scikit-learn.
+        # Imported here: only preparation needs scikit-learn, not readers of the
+        # constants above.
+        from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
+        digits = load_digits()
+        return {
+            "train": self._generate_examples(digits.images, digits.target, False),
+            "test": self._generate_examples(digits.images, digits.target, True),
         }
+
+    def _generate_examples(self, images, targets, test: bool):
+        for image_id, (image, digit) in enumerate(zip(images, targets)):
+            if (image_id % TEST_IMAGE_EVERY == 0) != test:
+                continue
+            digit = int(digit)
+            for slot, (fg, bg) in enumerate(image_pairs(image_id)):
+                held_out = is_held_out(digit, fg, bg)
+                if held_out and not test:
+                    continue
+                template = (image_id + slot) % len(TEMPLATES)
+                # A PIL image is PNG-encoded by PIL itself, not by TensorFlow.
+                yield (
+                    f"{image_id:04d}_{fg}_{bg}",
+                    {
+                        "image": Image.fromarray(render(image, fg, bg)),
+                        "caption": caption(template, digit, fg, bg),
+                        "label": digit,
+                        "fg": fg,
+                        "bg": bg,
+                        "held_out": held_out,
+                        "image_id": image_id,
+                    },
+                )

@@ -18,6 +18,7 @@ must match on resume.
 Examples are read with `builder.as_data_source` and decoded by TFDS's numpy path
 (PIL for images), which never imports TensorFlow.
 """
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,206 +31,231 @@ from mmgen_jax.data import prepare
 from mmgen_jax.data import tokenizer
 
 # Integer features copied to the batch (as int32) when a dataset has them.
-_OPTIONAL_INT_KEYS = ('label', 'fg', 'bg')
+_OPTIONAL_INT_KEYS = ("label", "fg", "bg")
 # Keys of `TrainStream.get_state()` that must match when restoring.
-_STATE_IDENTITY = ('dataset', 'split', 'global_batch_size', 'seed')
+_STATE_IDENTITY = ("dataset", "split", "global_batch_size", "seed")
 
 
 def _builder(name: str, data_dir: str | None):
-  """Prepares `name` if needed; returns a read-only builder over its files."""
-  data_dir = data_dir or prepare.default_data_dir()
-  prepare.ensure_prepared(name, data_dir)
-  # A read-only builder from the files: no dataset code (and so nothing of a
-  # public dataset's module) is imported, and nothing is downloaded.
-  return tfds.builder_from_directory(prepare.prepared_dir(name, data_dir))
+    """Prepares `name` if needed; returns a read-only builder over its files."""
+    data_dir = data_dir or prepare.default_data_dir()
+    prepare.ensure_prepared(name, data_dir)
+    # A read-only builder from the files: no dataset code (and so nothing of a
+    # public dataset's module) is imported, and nothing is downloaded.
+    return tfds.builder_from_directory(prepare.prepared_dir(name, data_dir))
 
 
 def _label_names(builder) -> list[str] | None:
-  """Class names of a `label` ClassLabel feature, used as text when uncaptioned."""
-  features = builder.info.features
-  if 'label' in features and isinstance(features['label'],
-                                        tfds.features.ClassLabel):
-    return list(features['label'].names)
-  return None
+    """Class names of a `label` ClassLabel feature, used as text when uncaptioned."""
+    features = builder.info.features
+    if "label" in features and isinstance(features["label"], tfds.features.ClassLabel):
+        return list(features["label"].names)
+    return None
 
 
 def load_source(name: str, split: str, data_dir: str | None):
-  """Prepares `name` if needed; returns the split as a random-access source.
+    """Prepares `name` if needed; returns the split as a random-access source.
 
-  The source has `len()` and `source[i]` -> dict of numpy values / bytes.
-  """
-  return _builder(name, data_dir).as_data_source(split)
+    The source has `len()` and `source[i]` -> dict of numpy values / bytes.
+    """
+    return _builder(name, data_dir).as_data_source(split)
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
-  """(H, W) or (H, W, C) uint8 -> (H, W, 3): grey is repeated, alpha dropped."""
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.shape[-1] < 3:  # grey, or grey + alpha
-    return np.repeat(image[..., :1], 3, axis=-1)
-  return image[..., :3]
+    """(H, W) or (H, W, C) uint8 -> (H, W, 3): grey is repeated, alpha dropped."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] < 3:  # grey, or grey + alpha
+        return np.repeat(image[..., :1], 3, axis=-1)
+    return image[..., :3]
 
 
 def _square(image: np.ndarray, size: int) -> np.ndarray:
-  """Centre-crops to a square (no distortion), then resizes to (size, size)."""
-  h, w = image.shape[:2]
-  if h != w:
-    top, left = (h - min(h, w)) // 2, (w - min(h, w)) // 2
-    image = image[top:top + min(h, w), left:left + min(h, w)]
-  if image.shape[0] != size:
-    # PIL's resize filters over the whole footprint, so downscaling does not
-    # alias.
-    image = np.asarray(Image.fromarray(image).resize((size, size),
-                                                     Image.BILINEAR))
-  return image
+    """Centre-crops to a square (no distortion), then resizes to (size, size)."""
+    h, w = image.shape[:2]
+    if h != w:
+        top, left = (h - min(h, w)) // 2, (w - min(h, w)) // 2
+        image = image[top : top + min(h, w), left : left + min(h, w)]
+    if image.shape[0] != size:
+        # PIL's resize filters over the whole footprint, so downscaling does not
+        # alias.
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return image
 
 
 def caption_of(example: dict, label_names: Sequence[str] | None = None) -> str:
-  """The example's caption; else its class name (if known); else ''."""
-  if 'caption' in example:
-    value = example['caption']
-    return value.decode('utf-8') if isinstance(value, bytes) else str(value)
-  if label_names is not None and 'label' in example:
-    return label_names[int(example['label'])]
-  return ''
+    """The example's caption; else its class name (if known); else ''."""
+    if "caption" in example:
+        value = example["caption"]
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    if label_names is not None and "label" in example:
+        return label_names[int(example["label"])]
+    return ""
 
 
-def preprocess(example: dict, image_size: int, max_text_len: int,
-               label_names: Sequence[str] | None = None) -> dict:
-  """One source example -> dict of numpy values (no batch dimension).
+def preprocess(
+    example: dict, image_size: int, max_text_len: int, label_names: Sequence[str] | None = None
+) -> dict:
+    """One source example -> dict of numpy values (no batch dimension).
 
-  `text` encodes `caption_of(example, label_names)`: a dataset without captions
-  but with class names gets the class name as its text.
-  """
-  image = _square(_to_rgb(np.asarray(example['image'])), image_size)
-  out = {'image': image.astype(np.float32) / 127.5 - 1.0}
-  out['text'] = tokenizer.encode(caption_of(example, label_names), max_text_len)
-  for key in _OPTIONAL_INT_KEYS:
-    if key in example:
-      out[key] = np.int32(example[key])
-  if 'held_out' in example:
-    out['held_out'] = np.bool_(example['held_out'])
-  return out
+    `text` encodes `caption_of(example, label_names)`: a dataset without captions
+    but with class names gets the class name as its text.
+    """
+    image = _square(_to_rgb(np.asarray(example["image"])), image_size)
+    out = {"image": image.astype(np.float32) / 127.5 - 1.0}
+    out["text"] = tokenizer.encode(caption_of(example, label_names), max_text_len)
+    for key in _OPTIONAL_INT_KEYS:
+        if key in example:
+            out[key] = np.int32(example[key])
+    if "held_out" in example:
+        out["held_out"] = np.bool_(example["held_out"])
+    return out
 
 
 def _shuffle_seed(seed: int) -> int:
-  """Mixes the user seed into Grain's 32-bit shuffle seed.
+    """Mixes the user seed into Grain's 32-bit shuffle seed.
 
-  Grain shuffles epoch e with seed + e, so seeds 0 and 1 would share all but one
-  epoch; hashing the seed first makes different seeds give unrelated streams.
-  """
-  return int(np.random.SeedSequence(seed).generate_state(1)[0])
+    Grain shuffles epoch e with seed + e, so seeds 0 and 1 would share all but one
+    epoch; hashing the seed first makes different seeds give unrelated streams.
+    """
+    return int(np.random.SeedSequence(seed).generate_state(1)[0])
 
 
 def _attach_index(index: int, example: Any) -> tuple[int, Any]:
-  return index, example
+    return index, example
 
 
 def global_stream(source, seed: int) -> grain.MapDataset:
-  """The infinite global stream of (position, example), before sharding.
+    """The infinite global stream of (position, example), before sharding.
 
-  Shuffle before repeat: each epoch is a permutation of the source (Grain
-  derives an epoch's shuffle from the position, so every epoch is shuffled
-  anew) and epochs never mix.
-  """
-  ds = grain.MapDataset.source(source).shuffle(seed=_shuffle_seed(seed))
-  return ds.repeat(None).map_with_index(_attach_index)
+    Shuffle before repeat: each epoch is a permutation of the source (Grain
+    derives an epoch's shuffle from the position, so every epoch is shuffled
+    anew) and epochs never mix.
+    """
+    ds = grain.MapDataset.source(source).shuffle(seed=_shuffle_seed(seed))
+    return ds.repeat(None).map_with_index(_attach_index)
 
 
 class TrainStream:
-  """Infinite iterator over this process's share of the global training batches.
+    """Infinite iterator over this process's share of the global training batches.
 
-  Each batch is a dict of host-local numpy arrays: `image` float32 (b, H, W, 3)
-  in [-1, 1], `text` int32 (b, max_text_len), `index` int64 (b,) global stream
-  positions, and `label`, `fg`, `bg` int32 / `held_out` bool when the dataset
-  has them; b = global_batch_size // process_count.
+    Each batch is a dict of host-local numpy arrays: `image` float32 (b, H, W, 3)
+    in [-1, 1], `text` int32 (b, max_text_len), `index` int64 (b,) global stream
+    positions, and `label`, `fg`, `bg` int32 / `held_out` bool when the dataset
+    has them; b = global_batch_size // process_count.
 
-  `num_threads` batches are read in parallel by Grain threads and up to
-  max(prefetch, num_threads) batches are buffered ahead. `get_state()` counts
-  only the batches returned, never the prefetched ones.
-  """
+    `num_threads` batches are read in parallel by Grain threads and up to
+    max(prefetch, num_threads) batches are buffered ahead. `get_state()` counts
+    only the batches returned, never the prefetched ones.
+    """
 
-  def __init__(self, *, name: str, data_dir: str | None, split: str,
-               image_size: int, max_text_len: int, global_batch_size: int,
-               seed: int, process_index: int = 0, process_count: int = 1,
-               num_threads: int = 4, prefetch: int = 2):
-    if global_batch_size % process_count:
-      raise ValueError(
-          f'global_batch_size={global_batch_size} is not divisible by the '
-          f'process count {process_count}; choose a multiple of it.')
-    if not 0 <= process_index < process_count:
-      raise ValueError(f'process_index={process_index} is not in '
-                       f'[0, {process_count}).')
-    self._identity = {'dataset': name, 'split': split,
-                      'global_batch_size': global_batch_size, 'seed': seed}
+    def __init__(
+        self,
+        *,
+        name: str,
+        data_dir: str | None,
+        split: str,
+        image_size: int,
+        max_text_len: int,
+        global_batch_size: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        num_threads: int = 4,
+        prefetch: int = 2,
+    ):
+        if global_batch_size % process_count:
+            raise ValueError(
+                f"global_batch_size={global_batch_size} is not divisible by the "
+                f"process count {process_count}; choose a multiple of it."
+            )
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
+        self._identity = {
+            "dataset": name,
+            "split": split,
+            "global_batch_size": global_batch_size,
+            "seed": seed,
+        }
+        builder = _builder(name, data_dir)
+        label_names = _label_names(builder)
+
+        def to_batch_element(indexed: tuple[int, dict]) -> dict:
+            index, example = indexed
+            out = preprocess(example, image_size, max_text_len, label_names)
+            out["index"] = np.int64(index)
+            return out
+
+        ds = global_stream(builder.as_data_source(split), seed)
+        # Strided, so that each global batch is [s*G, (s+1)*G) for any P.
+        ds = ds[process_index::process_count]
+        ds = ds.map(to_batch_element)
+        ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+        # Grain runs at most `prefetch_buffer_size` reads at once (and warns when
+        # it is below num_threads), so the buffer holds at least num_threads batches.
+        self._iterator = ds.to_iter_dataset(
+            grain.ReadOptions(
+                num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads)
+            )
+        ).__iter__()
+        self._batches = 0
+
+    def __iter__(self) -> "TrainStream":
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self._iterator)
+        self._batches += 1
+        return batch
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position after the batches already returned."""
+        return {**self._identity, "batches": self._batches, "grain": self._iterator.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        """Continues after the batches counted in `state` (any process count)."""
+        for key in _STATE_IDENTITY:
+            if state.get(key) != self._identity[key]:
+                raise ValueError(
+                    f"Cannot resume the input stream: it was saved with {key}="
+                    f"{state.get(key)!r} but this run uses {key}="
+                    f"{self._identity[key]!r}. Resume with the same {key} or start a "
+                    f"new workdir."
+                )
+        self._iterator.set_state(state["grain"])
+        self._batches = int(state["batches"])
+
+    def close(self) -> None:
+        """Stops the prefetch threads (also done when the stream is collected)."""
+        self._iterator.close()
+
+
+def eval_batch(
+    *,
+    name: str,
+    data_dir: str | None,
+    split: str,
+    image_size: int,
+    max_text_len: int,
+    num: int,
+    offset: int = 0,
+) -> dict:
+    """Examples [offset, offset + num) of `split` in stored order, as one batch.
+
+    Besides the training keys (`index` = position in the split), `caption` holds
+    the full (uncut) texts as a list of str.
+    """
     builder = _builder(name, data_dir)
-    label_names = _label_names(builder)
-
-    def to_batch_element(indexed: tuple[int, dict]) -> dict:
-      index, example = indexed
-      out = preprocess(example, image_size, max_text_len, label_names)
-      out['index'] = np.int64(index)
-      return out
-
-    ds = global_stream(builder.as_data_source(split), seed)
-    # Strided, so that each global batch is [s*G, (s+1)*G) for any P.
-    ds = ds[process_index::process_count]
-    ds = ds.map(to_batch_element)
-    ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-    # Grain runs at most `prefetch_buffer_size` reads at once (and warns when
-    # it is below num_threads), so the buffer holds at least num_threads batches.
-    self._iterator = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=num_threads,
-        prefetch_buffer_size=max(prefetch, num_threads))).__iter__()
-    self._batches = 0
-
-  def __iter__(self) -> 'TrainStream':
-    return self
-
-  def __next__(self) -> dict:
-    batch = next(self._iterator)
-    self._batches += 1
-    return batch
-
-  def get_state(self) -> dict:
-    """JSON-serialisable position after the batches already returned."""
-    return {**self._identity, 'batches': self._batches,
-            'grain': self._iterator.get_state()}
-
-  def set_state(self, state: dict) -> None:
-    """Continues after the batches counted in `state` (any process count)."""
-    for key in _STATE_IDENTITY:
-      if state.get(key) != self._identity[key]:
+    source = builder.as_data_source(split)
+    if offset < 0 or num < 1 or offset + num > len(source):
         raise ValueError(
-            f'Cannot resume the input stream: it was saved with {key}='
-            f'{state.get(key)!r} but this run uses {key}='
-            f'{self._identity[key]!r}. Resume with the same {key} or start a '
-            f'new workdir.')
-    self._iterator.set_state(state['grain'])
-    self._batches = int(state['batches'])
-
-  def close(self) -> None:
-    """Stops the prefetch threads (also done when the stream is collected)."""
-    self._iterator.close()
-
-
-def eval_batch(*, name: str, data_dir: str | None, split: str, image_size: int,
-               max_text_len: int, num: int, offset: int = 0) -> dict:
-  """Examples [offset, offset + num) of `split` in stored order, as one batch.
-
-  Besides the training keys (`index` = position in the split), `caption` holds
-  the full (uncut) texts as a list of str.
-  """
-  builder = _builder(name, data_dir)
-  source = builder.as_data_source(split)
-  if offset < 0 or num < 1 or offset + num > len(source):
-    raise ValueError(f'Asked for examples [{offset}, {offset + num}) of '
-                     f'{name}/{split}, which has {len(source)}.')
-  label_names = _label_names(builder)
-  examples = [source[i] for i in range(offset, offset + num)]
-  rows = [preprocess(ex, image_size, max_text_len, label_names)
-          for ex in examples]
-  batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
-  batch['index'] = np.arange(offset, offset + num, dtype=np.int64)
-  batch['caption'] = [caption_of(ex, label_names) for ex in examples]
-  return batch
+            f"Asked for examples [{offset}, {offset + num}) of "
+            f"{name}/{split}, which has {len(source)}."
+        )
+    label_names = _label_names(builder)
+    examples = [source[i] for i in range(offset, offset + num)]
+    rows = [preprocess(ex, image_size, max_text_len, label_names) for ex in examples]
+    batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    batch["index"] = np.arange(offset, offset + num, dtype=np.int64)
+    batch["caption"] = [caption_of(ex, label_names) for ex in examples]
+    return batch

@@ -20,6 +20,7 @@ locks need a local or NFS file system; on object-store mounts prepare once first
 Public TFDS datasets are never downloaded implicitly: an unprepared one fails at
 once with the command that prepares it.
 """
+
 import argparse
 import contextlib
 import fcntl
@@ -34,167 +35,176 @@ import sys
 # Datasets whose builder lives in this package: name -> "module:BuilderClass".
 # Strings, so that listing them imports nothing.
 EMBEDDED = {
-    'digits_captions': 'mmgen_jax.data.digits_captions:DigitsCaptions',
+    "digits_captions": "mmgen_jax.data.digits_captions:DigitsCaptions",
 }
 
-_VERSION_RE = re.compile(r'^\d+\.\d+\.\d+$')
-_INCOMPLETE_PREFIX = 'incomplete.'  # tensorflow_datasets.core.constants
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+_INCOMPLETE_PREFIX = "incomplete."  # tensorflow_datasets.core.constants
 
 
 class DatasetNotPreparedError(RuntimeError):
-  """A public dataset is missing from data_dir and downloading was not asked."""
+    """A public dataset is missing from data_dir and downloading was not asked."""
 
 
 class DatasetPreparationError(RuntimeError):
-  """Preparing a dataset failed."""
+    """Preparing a dataset failed."""
 
 
 def default_data_dir() -> str:
-  """`$MMGEN_DATA_DIR` if set, else `~/tensorflow_datasets` (the TFDS default)."""
-  return os.environ.get('MMGEN_DATA_DIR') or os.path.expanduser(
-      '~/tensorflow_datasets')
+    """`$MMGEN_DATA_DIR` if set, else `~/tensorflow_datasets` (the TFDS default)."""
+    return os.environ.get("MMGEN_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
 def _parse_name(name: str) -> tuple[str, str | None]:
-  """'mnist' -> ('mnist', None); 'celeb_a/cfg:2.1.0' -> ('celeb_a/cfg', '2.1.0')."""
-  base, _, version = name.partition(':')
-  if version and not _VERSION_RE.match(version):
-    raise ValueError(
-        f'Dataset {name!r}: give an exact version such as {base}:1.0.0.')
-  return base, version or None
+    """'mnist' -> ('mnist', None); 'celeb_a/cfg:2.1.0' -> ('celeb_a/cfg', '2.1.0')."""
+    base, _, version = name.partition(":")
+    if version and not _VERSION_RE.match(version):
+        raise ValueError(f"Dataset {name!r}: give an exact version such as {base}:1.0.0.")
+    return base, version or None
 
 
 def builder_class(name: str):
-  """The builder class of an embedded dataset (imports its module)."""
-  module, _, cls = EMBEDDED[_parse_name(name)[0]].partition(':')
-  return getattr(importlib.import_module(module), cls)
+    """The builder class of an embedded dataset (imports its module)."""
+    module, _, cls = EMBEDDED[_parse_name(name)[0]].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def prepared_dir(name: str, data_dir: str) -> pathlib.Path | None:
-  """The complete version directory of `name` in `data_dir`, or None.
+    """The complete version directory of `name` in `data_dir`, or None.
 
-  Embedded datasets must be at their builder's current version (a newer builder
-  is prepared anew); public ones use the requested version, else the newest
-  prepared one.
-  """
-  base, version = _parse_name(name)
-  root = pathlib.Path(data_dir) / base
-  if version is None and base in EMBEDDED:
-    version = str(builder_class(base).VERSION)
-  if version is not None:
-    candidates = [root / version]
-  elif root.is_dir():
-    candidates = sorted(
-        (d for d in root.iterdir() if _VERSION_RE.match(d.name)),
-        key=lambda d: tuple(int(p) for p in d.name.split('.')), reverse=True)
-  else:
-    candidates = []
-  for d in candidates:
-    # Written last, inside the temporary directory, before the rename.
-    if (d / 'dataset_info.json').is_file():
-      return d
-  return None
+    Embedded datasets must be at their builder's current version (a newer builder
+    is prepared anew); public ones use the requested version, else the newest
+    prepared one.
+    """
+    base, version = _parse_name(name)
+    root = pathlib.Path(data_dir) / base
+    if version is None and base in EMBEDDED:
+        version = str(builder_class(base).VERSION)
+    if version is not None:
+        candidates = [root / version]
+    elif root.is_dir():
+        candidates = sorted(
+            (d for d in root.iterdir() if _VERSION_RE.match(d.name)),
+            key=lambda d: tuple(int(p) for p in d.name.split(".")),
+            reverse=True,
+        )
+    else:
+        candidates = []
+    for d in candidates:
+        # Written last, inside the temporary directory, before the rename.
+        if (d / "dataset_info.json").is_file():
+            return d
+    return None
 
 
 def prepare_command(name: str, data_dir: str) -> list[str]:
-  """The command line that prepares `name` (downloading if it is public)."""
-  cmd = [sys.executable, '-m', 'mmgen_jax.data.prepare', f'--dataset={name}',
-         f'--data_dir={data_dir}']
-  if _parse_name(name)[0] not in EMBEDDED:
-    cmd.append('--download')
-  return cmd
+    """The command line that prepares `name` (downloading if it is public)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmgen_jax.data.prepare",
+        f"--dataset={name}",
+        f"--data_dir={data_dir}",
+    ]
+    if _parse_name(name)[0] not in EMBEDDED:
+        cmd.append("--download")
+    return cmd
 
 
 def _not_prepared_error(name: str, data_dir: str) -> DatasetNotPreparedError:
-  cmd = ' '.join(['python'] + prepare_command(name, data_dir)[1:])
-  return DatasetNotPreparedError(
-      f'Dataset {name!r} is not prepared in {data_dir} and is not downloaded '
-      f'automatically. Prepare it once (this downloads it) with:\n  {cmd}')
+    cmd = " ".join(["python"] + prepare_command(name, data_dir)[1:])
+    return DatasetNotPreparedError(
+        f"Dataset {name!r} is not prepared in {data_dir} and is not downloaded "
+        f"automatically. Prepare it once (this downloads it) with:\n  {cmd}"
+    )
 
 
 def ensure_prepared(name: str, data_dir: str) -> None:
-  """Returns once `name` is prepared in `data_dir`, without importing TensorFlow.
+    """Returns once `name` is prepared in `data_dir`, without importing TensorFlow.
 
-  Embedded datasets are prepared in a child process; public ones raise
-  `DatasetNotPreparedError` with the command to run.
-  """
-  if prepared_dir(name, data_dir) is not None:
-    return
-  if _parse_name(name)[0] not in EMBEDDED:
-    raise _not_prepared_error(name, data_dir)
-  env = dict(os.environ)
-  # The child must import this package even from an uninstalled checkout...
-  package_root = str(pathlib.Path(__file__).resolve().parents[2])
-  env['PYTHONPATH'] = os.pathsep.join(
-      p for p in (package_root, env.get('PYTHONPATH')) if p)
-  # ...and must leave the accelerators to the training process.
-  env['CUDA_VISIBLE_DEVICES'] = ''
-  result = subprocess.run(
-      prepare_command(name, data_dir), env=env, capture_output=True, text=True,
-      check=False)
-  if result.returncode != 0 or prepared_dir(name, data_dir) is None:
-    raise DatasetPreparationError(
-        f'Preparing dataset {name!r} in {data_dir} failed (exit code '
-        f'{result.returncode}). Command: {" ".join(result.args)}\n'
-        f'Last lines of its stderr:\n{result.stderr[-3000:]}')
+    Embedded datasets are prepared in a child process; public ones raise
+    `DatasetNotPreparedError` with the command to run.
+    """
+    if prepared_dir(name, data_dir) is not None:
+        return
+    if _parse_name(name)[0] not in EMBEDDED:
+        raise _not_prepared_error(name, data_dir)
+    env = dict(os.environ)
+    # The child must import this package even from an uninstalled checkout...
+    package_root = str(pathlib.Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    # ...and must leave the accelerators to the training process.
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run(
+        prepare_command(name, data_dir), env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0 or prepared_dir(name, data_dir) is None:
+        raise DatasetPreparationError(
+            f"Preparing dataset {name!r} in {data_dir} failed (exit code "
+            f"{result.returncode}). Command: {' '.join(result.args)}\n"
+            f"Last lines of its stderr:\n{result.stderr[-3000:]}"
+        )
 
 
 @contextlib.contextmanager
 def _lock(data_dir: str, name: str):
-  """An exclusive lock on preparing `name` in `data_dir`, across processes."""
-  os.makedirs(data_dir, exist_ok=True)
-  path = os.path.join(data_dir, f'.{name.replace("/", "_")}.lock')
-  with open(path, 'w') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)  # Released when the file is closed.
-    yield
+    """An exclusive lock on preparing `name` in `data_dir`, across processes."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, f".{name.replace('/', '_')}.lock")
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # Released when the file is closed.
+        yield
 
 
 def prepare(name: str, data_dir: str, download: bool = False) -> pathlib.Path:
-  """Prepares `name` in `data_dir` in this process (imports TensorFlow).
+    """Prepares `name` in `data_dir` in this process (imports TensorFlow).
 
-  Returns the version directory. Public datasets need `download=True`.
-  """
-  base, version = _parse_name(name)
-  if base not in EMBEDDED and not download:
-    if (done := prepared_dir(name, data_dir)) is not None:
-      return done
-    raise _not_prepared_error(name, data_dir)
-  with _lock(data_dir, base):
-    # Another process may have finished while we waited for the lock.
-    if (done := prepared_dir(name, data_dir)) is not None:
-      return done
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    Returns the version directory. Public datasets need `download=True`.
+    """
+    base, version = _parse_name(name)
+    if base not in EMBEDDED and not download:
+        if (done := prepared_dir(name, data_dir)) is not None:
+            return done
+        raise _not_prepared_error(name, data_dir)
+    with _lock(data_dir, base):
+        # Another process may have finished while we waited for the lock.
+        if (done := prepared_dir(name, data_dir)) is not None:
+            return done
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    if base in EMBEDDED:
-      # We hold the lock, so leftovers of killed runs are garbage.
-      for stale in (pathlib.Path(data_dir) / base).glob(f'{_INCOMPLETE_PREFIX}*'):
-        shutil.rmtree(stale, ignore_errors=True)
-      builder = builder_class(base)(
-          data_dir=data_dir, version=version, file_format='array_record')
-      config = tfds.download.DownloadConfig(try_download_gcs=False)
-    else:
-      builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-      config = tfds.download.DownloadConfig()
-    builder.download_and_prepare(download_config=config)
-  return prepared_dir(name, data_dir)
+        if base in EMBEDDED:
+            # We hold the lock, so leftovers of killed runs are garbage.
+            for stale in (pathlib.Path(data_dir) / base).glob(f"{_INCOMPLETE_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            builder = builder_class(base)(
+                data_dir=data_dir, version=version, file_format="array_record"
+            )
+            config = tfds.download.DownloadConfig(try_download_gcs=False)
+        else:
+            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+            config = tfds.download.DownloadConfig()
+        builder.download_and_prepare(download_config=config)
+    return prepared_dir(name, data_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
-  # argparse, not absl flags: importing this module from a training program
-  # must not register global flags.
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--dataset', required=True,
-                      help='TFDS name, e.g. digits_captions or cifar10:3.0.2')
-  parser.add_argument('--data_dir', default=default_data_dir())
-  parser.add_argument('--download', action='store_true',
-                      help='allow downloading a public TFDS dataset')
-  args = parser.parse_args(argv)
-  try:
-    path = prepare(args.dataset, args.data_dir, download=args.download)
-  except DatasetNotPreparedError as e:
-    sys.exit(str(e))
-  print(f'{args.dataset} is ready in {path}')
+    # argparse, not absl flags: importing this module from a training program
+    # must not register global flags.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--dataset", required=True, help="TFDS name, e.g. digits_captions or cifar10:3.0.2"
+    )
+    parser.add_argument("--data_dir", default=default_data_dir())
+    parser.add_argument(
+        "--download", action="store_true", help="allow downloading a public TFDS dataset"
+    )
+    args = parser.parse_args(argv)
+    try:
+        path = prepare(args.dataset, args.data_dir, download=args.download)
+    except DatasetNotPreparedError as e:
+        sys.exit(str(e))
+    print(f"{args.dataset} is ready in {path}")
 
 
-if __name__ == '__main__':
-  main()
+if __name__ == "__main__":
+    main()

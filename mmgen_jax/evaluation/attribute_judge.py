@@ -11,6 +11,7 @@ reads DIR/index.jsonl (as written by `mmgen_jax.sample`), parses the captions of
 "a {fg} handwritten {digit} on a {bg} background" and prints the share of images whose
 digit, fg and bg match their caption.
 """
+
 import functools
 import json
 import os
@@ -30,6 +31,7 @@ _CAPTION = re.compile(r"^a (\w+) handwritten (\w+) on a (\w+) background$")
 def _digit_classifier():
     from sklearn.datasets import load_digits
     from sklearn.svm import SVC
+
     digits = load_digits()
     return SVC(gamma=0.001, C=10.0).fit(digits.data / 16.0, digits.target)
 
@@ -51,11 +53,14 @@ def judge(images):
     # Stroke intensity: position of each pixel on the bg -> fg line, pooled to 8x8.
     axis = fg_rgb - bg_rgb
     a = ((flat - bg_rgb[:, None]) * axis[:, None]).sum(-1) / np.maximum(
-        (axis ** 2).sum(-1, keepdims=True), 1e-6)
+        (axis**2).sum(-1, keepdims=True), 1e-6
+    )
     a = np.clip(a, 0, 1).reshape(n, 8, h // 8, 8, w // 8).mean((2, 4)).reshape(n, 64)
-    return {"digit": _digit_classifier().predict(a).astype(np.int32),
-            "fg": np.array([_nearest_colour(c) for c in fg_rgb], np.int32),
-            "bg": np.array([_nearest_colour(c) for c in bg_rgb], np.int32)}
+    return {
+        "digit": _digit_classifier().predict(a).astype(np.int32),
+        "fg": np.array([_nearest_colour(c) for c in fg_rgb], np.int32),
+        "bg": np.array([_nearest_colour(c) for c in bg_rgb], np.int32),
+    }
 
 
 def parse_caption(caption):
@@ -83,10 +88,13 @@ def main(argv):
     parsed = [(r, parse_caption(r["caption"])) for r in rows]
     parsed = [(r, t) for r, t in parsed if t is not None]
     if not parsed:
-        raise app.UsageError(f"no caption in {folder}/index.jsonl has the form "
-                             f"'a {{fg}} handwritten {{digit}} on a {{bg}} background'")
-    images = np.stack([np.asarray(Image.open(os.path.join(folder, r["file"])).convert("RGB"))
-                       for r, _ in parsed])
+        raise app.UsageError(
+            f"no caption in {folder}/index.jsonl has the form "
+            f"'a {{fg}} handwritten {{digit}} on a {{bg}} background'"
+        )
+    images = np.stack(
+        [np.asarray(Image.open(os.path.join(folder, r["file"])).convert("RGB")) for r, _ in parsed]
+    )
     result = score(images, [t for _, t in parsed])
     print(json.dumps({"n": len(parsed), **result}))
 

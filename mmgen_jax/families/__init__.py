@@ -1,4 +1,5 @@
 """Model families: each maps a config to state, init, a per-device train step and generation."""
+
 from mmgen_jax.families.gan import GAN
 
 FAMILIES = {"gan": GAN}

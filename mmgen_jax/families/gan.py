@@ -4,6 +4,7 @@
 metrics and BatchNorm statistics are averaged over the named axis `axis_name`.
 `mmgen_jax.parallel.data_parallel` maps it over all devices.
 """
+
 from typing import Any
 
 import flax
@@ -20,6 +21,7 @@ from mmgen_jax.models.conditional import PrecomputedText, TextConditioned
 @flax.struct.dataclass
 class NetState:
     """One network's trainable part: parameters, BatchNorm statistics, optimizer state."""
+
     params: Any
     batch_stats: Any
     opt_state: Any
@@ -43,7 +45,8 @@ class GAN:
         t = config.train
         if t.update_order not in ("alternating", "simultaneous"):
             raise ValueError(
-                f"config.train.update_order={t.update_order!r}: use 'alternating' or 'simultaneous'")
+                f"config.train.update_order={t.update_order!r}: use 'alternating' or 'simultaneous'"
+            )
         # BatchNorm averages its statistics over `axis_name` inside the mapped step; the
         # `_local` twins (same parameters) run outside it: at init and when sampling.
         self.generator = self._generator(axis_name)
@@ -59,22 +62,38 @@ class GAN:
         if m.text_encoder == "none":
             return PrecomputedText()
         return text_lib.TextEncoder(
-            embed_dim=m.text_embed_dim, width=m.text_width, num_layers=m.text_layers,
-            out_dim=m.text_dim, kind=m.text_encoder, dtype=jnp.dtype(m.dtype))
+            embed_dim=m.text_embed_dim,
+            width=m.text_width,
+            num_layers=m.text_layers,
+            out_dim=m.text_dim,
+            kind=m.text_encoder,
+            dtype=jnp.dtype(m.dtype),
+        )
 
     def _generator(self, axis_name):
         m, d = self.config.model, self.config.data
         net = dcgan.Generator(
-            image_size=d.image_size, base_width=m.g_width, text_proj_dim=m.text_proj_dim,
-            impl=m.g_impl, axis_name=axis_name, dtype=jnp.dtype(m.dtype))
+            image_size=d.image_size,
+            base_width=m.g_width,
+            text_proj_dim=m.text_proj_dim,
+            impl=m.g_impl,
+            axis_name=axis_name,
+            dtype=jnp.dtype(m.dtype),
+        )
         return TextConditioned(encoder=self._text_encoder(), net=net)
 
     def _discriminator(self, axis_name):
         m, d = self.config.model, self.config.data
         net = dcgan.Discriminator(
-            image_size=d.image_size, base_width=m.d_width, text_proj_dim=m.text_proj_dim,
-            conditioning=m.conditioning, norm=m.d_norm, impl=m.d_impl, axis_name=axis_name,
-            dtype=jnp.dtype(m.dtype))
+            image_size=d.image_size,
+            base_width=m.d_width,
+            text_proj_dim=m.text_proj_dim,
+            conditioning=m.conditioning,
+            norm=m.d_norm,
+            impl=m.d_impl,
+            axis_name=axis_name,
+            dtype=jnp.dtype(m.dtype),
+        )
         return TextConditioned(encoder=self._text_encoder(), net=net)
 
     # ---- state -------------------------------------------------------------------
@@ -90,13 +109,19 @@ class GAN:
         d_vars = self._discriminator_local.init(key_d, images, tokens, train=False)
 
         def net_state(variables, tx):
-            return NetState(params=variables["params"],
-                            batch_stats=variables.get("batch_stats", {}),
-                            opt_state=tx.init(variables["params"]))
+            return NetState(
+                params=variables["params"],
+                batch_stats=variables.get("batch_stats", {}),
+                opt_state=tx.init(variables["params"]),
+            )
 
-        return GANState(step=jnp.zeros((), jnp.int32), rng=key_run,
-                        g=net_state(g_vars, self.tx_g), d=net_state(d_vars, self.tx_d),
-                        ema_params=g_vars["params"])
+        return GANState(
+            step=jnp.zeros((), jnp.int32),
+            rng=key_run,
+            g=net_state(g_vars, self.tx_g),
+            d=net_state(d_vars, self.tx_d),
+            ema_params=g_vars["params"],
+        )
 
     def text_spec(self):
         """(shape without the batch axis, dtype) of `batch["text"]`: token ids, or caption
@@ -109,8 +134,11 @@ class GAN:
     @staticmethod
     def device_batch(batch):
         """The host batch fields the step reads, in device dtypes (no int64 on device)."""
-        return {"image": batch["image"], "text": batch["text"],
-                "index": (batch["index"] % 2**32).astype("uint32")}
+        return {
+            "image": batch["image"],
+            "text": batch["text"],
+            "index": (batch["index"] % 2**32).astype("uint32"),
+        }
 
     # ---- the step ----------------------------------------------------------------
     def train_step(self, state: GANState, batch):
@@ -123,20 +151,28 @@ class GAN:
 
         def generate(g_params):
             fake, new_vars = self.generator.apply(
-                {"params": g_params, "batch_stats": state.g.batch_stats}, z, tokens,
-                train=True, mutable=["batch_stats"])
+                {"params": g_params, "batch_stats": state.g.batch_stats},
+                z,
+                tokens,
+                train=True,
+                mutable=["batch_stats"],
+            )
             return fake, new_vars["batch_stats"]
 
         fake, g_vjp, g_stats = jax.vjp(generate, state.g.params, has_aux=True)
 
         def encode(d_params, toks):
-            return self.discriminator.apply({"params": d_params}, toks, train=True,
-                                            method="encode")
+            return self.discriminator.apply({"params": d_params}, toks, train=True, method="encode")
 
         def discriminate(d_params, images, embedding):
             logits, new_vars = self.discriminator.apply(
-                {"params": d_params, "batch_stats": state.d.batch_stats}, images, embedding,
-                train=True, mutable=["batch_stats"], method="score")
+                {"params": d_params, "batch_stats": state.d.batch_stats},
+                images,
+                embedding,
+                train=True,
+                mutable=["batch_stats"],
+                method="score",
+            )
             return logits.astype(jnp.float32), new_vars["batch_stats"]
 
         def objectives(d_params, fake):
@@ -146,17 +182,20 @@ class GAN:
             embedding = encode(d_params, tokens)
             real_logits, d_stats = discriminate(d_params, real, embedding)
             fake_logits, _ = discriminate(d_params, fake, embedding)
-            wrong_logits = (None if wrong is None else
-                            discriminate(d_params, real, encode(d_params, wrong))[0])
-            d_loss = losses.discriminator_loss(t.loss, real_logits, fake_logits, wrong_logits,
-                                               t.mismatch_weight)
+            wrong_logits = (
+                None if wrong is None else discriminate(d_params, real, encode(d_params, wrong))[0]
+            )
+            d_loss = losses.discriminator_loss(
+                t.loss, real_logits, fake_logits, wrong_logits, t.mismatch_weight
+            )
             g_loss = losses.generator_loss(t.loss, fake_logits)
             return (d_loss, g_loss), (d_stats, real_logits, fake_logits)
 
         # One forward through D serves both players; each backward below keeps only the
         # cotangents it needs, and XLA drops the rest.
         (d_loss, g_loss), d_vjp, (d_stats, real_logits, fake_logits) = jax.vjp(
-            objectives, state.d.params, fake, has_aux=True)
+            objectives, state.d.params, fake, has_aux=True
+        )
         one, zero = jnp.ones_like(d_loss), jnp.zeros_like(d_loss)
         d_grads = jax.lax.pmean(d_vjp((one, zero))[0], self.axis_name)
         new_d = _apply(state.d, d_grads, d_stats, self.tx_d)
@@ -164,6 +203,7 @@ class GAN:
         if t.update_order == "simultaneous":  # G's gradient through the not yet updated D
             fake_grads = d_vjp((zero, one))[1]
         else:  # alternating: G plays against the freshly updated D
+
             def g_objective(fake):
                 logits, _ = discriminate(new_d.params, fake, encode(new_d.params, tokens))
                 return losses.generator_loss(t.loss, logits)
@@ -172,10 +212,14 @@ class GAN:
         g_grads = jax.lax.pmean(g_vjp(fake_grads)[0], self.axis_name)
         new_g = _apply(state.g, g_grads, g_stats, self.tx_g)
 
-        ema = (new_g.params if t.ema_decay == 0 else
-               optax.incremental_update(new_g.params, state.ema_params, 1.0 - t.ema_decay))
+        ema = (
+            new_g.params
+            if t.ema_decay == 0
+            else optax.incremental_update(new_g.params, state.ema_params, 1.0 - t.ema_decay)
+        )
         metrics = {
-            "d_loss": d_loss, "g_loss": g_loss,
+            "d_loss": d_loss,
+            "g_loss": g_loss,
             "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),  # D's belief that reals are real
             "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),  # ... and that fakes are real
         }
@@ -215,5 +259,8 @@ class GAN:
 
 def _apply(net: NetState, grads, batch_stats, tx) -> NetState:
     updates, opt_state = tx.update(grads, net.opt_state, net.params)
-    return NetState(params=optax.apply_updates(net.params, updates),
-                    batch_stats=batch_stats, opt_state=opt_state)
+    return NetState(
+        params=optax.apply_updates(net.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )

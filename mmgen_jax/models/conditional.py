@@ -1,4 +1,5 @@
 """Glue: a caption encoder feeding a conditional network."""
+
 import flax.linen as nn
 
 

@@ -9,6 +9,7 @@ data-parallel step set `axis_name` to the mapped axis (e.g. 'data') so batch sta
 averaged over all devices, i.e. computed over the global batch. Outside a mapped context use
 `axis_name=None`, or `train=False` (which needs no statistics), e.g. for `init` and sampling.
 """
+
 import math
 from typing import Literal
 
@@ -26,16 +27,23 @@ CONDITIONINGS = ("concat", "projection")
 def _num_scale_steps(image_size: int) -> int:
     """How many 2x steps separate a 4x4 map from `image_size`; checks it is 4 * 2^n, n >= 1."""
     n = round(math.log2(image_size / 4)) if image_size >= 8 else 0
-    if n < 1 or 4 * 2 ** n != image_size:
+    if n < 1 or 4 * 2**n != image_size:
         raise ValueError(
-            f"image_size must be 4 * 2^n with n >= 1 (8, 16, 32, ...), got {image_size}")
+            f"image_size must be 4 * 2^n with n >= 1 (8, 16, 32, ...), got {image_size}"
+        )
     return n
 
 
 def _batch_norm(train: bool, axis_name: str | None, dtype: Dtype, name: str) -> nn.BatchNorm:
     # momentum 0.9 keeps 10% of each new batch: PyTorch's momentum=0.1.
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        axis_name=axis_name, dtype=dtype, name=name)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        axis_name=axis_name,
+        dtype=dtype,
+        name=name,
+    )
 
 
 class Generator(nn.Module):
@@ -52,6 +60,7 @@ class Generator(nn.Module):
         axis_name: mapped axis to average BatchNorm statistics over, or None.
         dtype: computation dtype (e.g. bfloat16 on accelerators); parameters stay float32.
     """
+
     image_size: int = 32
     base_width: int = 64
     out_channels: int = 3
@@ -80,11 +89,13 @@ class Generator(nn.Module):
         h = norm_relu(h.reshape(-1, 4, 4, width), "bn0")
         for i in range(1, n_up):
             width //= 2
-            h = ConvTranspose2x(width, use_bias=not use_bn, impl=self.impl, dtype=self.dtype,
-                                name=f"up{i}")(h)
+            h = ConvTranspose2x(
+                width, use_bias=not use_bn, impl=self.impl, dtype=self.dtype, name=f"up{i}"
+            )(h)
             h = norm_relu(h, f"bn{i}")
-        h = ConvTranspose2x(self.out_channels, impl=self.impl, dtype=self.dtype,
-                            name=f"up{n_up}")(h)
+        h = ConvTranspose2x(self.out_channels, impl=self.impl, dtype=self.dtype, name=f"up{n_up}")(
+            h
+        )
         return jnp.tanh(h).astype(jnp.float32)
 
 
@@ -109,6 +120,7 @@ class Discriminator(nn.Module):
         axis_name: mapped axis to average BatchNorm statistics over, or None.
         dtype: computation dtype (e.g. bfloat16 on accelerators); parameters stay float32.
     """
+
     image_size: int = 32
     base_width: int = 64
     text_proj_dim: int = 128
@@ -122,12 +134,14 @@ class Discriminator(nn.Module):
     def __call__(self, images, text_emb, train: bool):
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(
-                f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+                f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}"
+            )
         if self.norm not in D_NORMS:
             raise ValueError(f"norm must be one of {D_NORMS}, got {self.norm!r}")
         if images.shape[1:3] != (self.image_size, self.image_size):
-            raise ValueError(f"expected {self.image_size}x{self.image_size} images, "
-                             f"got shape {images.shape}")
+            raise ValueError(
+                f"expected {self.image_size}x{self.image_size} images, got shape {images.shape}"
+            )
         n_down = _num_scale_steps(self.image_size)
         spectral = self.norm == "spectral"
 
@@ -143,8 +157,11 @@ class Discriminator(nn.Module):
         h = nn.leaky_relu(h, 0.2)
         for i in range(2, n_down + 1):
             width *= 2
-            h = layer(Conv2xDown(width, use_bias=spectral, impl=self.impl, dtype=self.dtype,
-                                 name=f"down{i}"))(h)
+            h = layer(
+                Conv2xDown(
+                    width, use_bias=spectral, impl=self.impl, dtype=self.dtype, name=f"down{i}"
+                )
+            )(h)
             if not spectral:
                 h = _batch_norm(train, self.axis_name, self.dtype, f"bn{i}")(h)
             h = nn.leaky_relu(h, 0.2)
@@ -153,7 +170,8 @@ class Discriminator(nn.Module):
         if self.conditioning == "concat":
             t = layer(nn.Dense(self.text_proj_dim, dtype=self.dtype, name="text_proj"))(text_emb)
             logits = layer(nn.Dense(1, dtype=self.dtype, name="out"))(
-                jnp.concatenate([flat, t], axis=-1))
+                jnp.concatenate([flat, t], axis=-1)
+            )
         else:
             t = layer(nn.Dense(width, dtype=self.dtype, name="text_proj"))(text_emb)
             logits = layer(nn.Dense(1, dtype=self.dtype, name="out"))(flat)

@@ -6,10 +6,10 @@ interchangeable; `impl` picks how the arithmetic is laid out, never what it comp
 
 - `'textbook'`: the strided (transposed) convolution exactly as Flax writes it.
 - `'fast'`: an exact rewrite as stride-1 convolutions, with no dilated convolution in the
-  forward pass or in any derivative. Differentiating a strided convolution yields *lhs-dilated* convolutions
-  (zeros between input pixels). XLA:CPU runs those with large windows as a naive loop, so the
-  kernel gradient of `nn.ConvTranspose` (an lhs-dilated convolution with an output-sized window)
-  costs ~20x its forward pass.
+  forward pass or in any derivative. Differentiating a strided convolution yields
+  *lhs-dilated* convolutions (zeros between input pixels). XLA:CPU runs those with large
+  windows as a naive loop, so the kernel gradient of `nn.ConvTranspose` (an lhs-dilated
+  convolution with an output-sized window) costs ~20x its forward pass.
 
 Measured on XLA:CPU (jax 0.10.2, 2 cores, batch 64, DCGAN-32 shapes), forward + backward:
 `ConvTranspose2x` 'fast' is 6-9x faster than 'textbook' on the wide layers, 1.5-1.8x on the
@@ -23,6 +23,7 @@ cross-correlation (Flax's convention). To load PyTorch weights, use `w.permute(2
 `Conv2d` and `w.permute(2, 3, 0, 1).flip(0, 1)` for `ConvTranspose2d` (PyTorch's transposed
 convolution scatters, i.e. correlates with the spatially flipped kernel).
 """
+
 from typing import Callable, ClassVar, Literal
 
 import flax.linen as nn
@@ -51,12 +52,20 @@ def conv_transpose_2x(x, kernel, precision: PrecisionLike = None):
     ~30x slower than this.
     """
     b, h, w, _ = x.shape
-    phases = [[
-        lax.conv_general_dilated(
-            x, kernel[rh::2, rw::2], window_strides=(1, 1),
-            padding=((1 - rh, rh), (1 - rw, rw)), dimension_numbers=_NHWC,
-            precision=precision)
-        for rw in (0, 1)] for rh in (0, 1)]
+    phases = [
+        [
+            lax.conv_general_dilated(
+                x,
+                kernel[rh::2, rw::2],
+                window_strides=(1, 1),
+                padding=((1 - rh, rh), (1 - rw, rw)),
+                dimension_numbers=_NHWC,
+                precision=precision,
+            )
+            for rw in (0, 1)
+        ]
+        for rh in (0, 1)
+    ]
     # (B, H, 2[rh], W, 2[rw], C): row-major order of this shape is the interleaved image.
     y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
     return y.reshape(b, 2 * h, 2 * w, kernel.shape[-1])
@@ -68,8 +77,13 @@ def conv_transpose_2x_textbook(x, kernel, precision: PrecisionLike = None):
     Padding the 2x-dilated input by k - 1 - p = 2 on each side gives PyTorch's p = 1 geometry.
     """
     return lax.conv_transpose(
-        x, kernel, strides=(2, 2), padding=((2, 2), (2, 2)), dimension_numbers=_NHWC,
-        precision=precision)
+        x,
+        kernel,
+        strides=(2, 2),
+        padding=((2, 2), (2, 2)),
+        dimension_numbers=_NHWC,
+        precision=precision,
+    )
 
 
 def conv_2x_down(x, kernel, precision: PrecisionLike = None):
@@ -91,19 +105,25 @@ def conv_2x_down(x, kernel, precision: PrecisionLike = None):
     # Kernel tap 2t + r -> block offset t, in-block position r; channel order (rh, rw, c_in).
     k = kernel.reshape(2, 2, 2, 2, c, -1).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, -1)
     return lax.conv_general_dilated(
-        x, k, window_strides=(1, 1), padding="VALID", dimension_numbers=_NHWC,
-        precision=precision)
+        x, k, window_strides=(1, 1), padding="VALID", dimension_numbers=_NHWC, precision=precision
+    )
 
 
 def conv_2x_down_textbook(x, kernel, precision: PrecisionLike = None):
     """What `nn.Conv(features, (4, 4), strides=2, padding=1)` computes."""
     return lax.conv_general_dilated(
-        x, kernel, window_strides=(2, 2), padding=((1, 1), (1, 1)), dimension_numbers=_NHWC,
-        precision=precision)
+        x,
+        kernel,
+        window_strides=(2, 2),
+        padding=((1, 1), (1, 1)),
+        dimension_numbers=_NHWC,
+        precision=precision,
+    )
 
 
 class _Stride2Conv(nn.Module):
     """Parameters, dtype promotion and bias shared by the two layers below."""
+
     features: int
     use_bias: bool = True
     impl: Impl = "fast"
@@ -122,10 +142,14 @@ class _Stride2Conv(nn.Module):
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
         if x.ndim != 4:
             raise ValueError(f"expected NHWC input of rank 4, got shape {x.shape}")
-        kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features),
-                            self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-                if self.use_bias else None)
+        kernel = self.param(
+            "kernel", self.kernel_init, (4, 4, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = self._fns[self.impl](x, kernel, self.precision)
         return y if bias is None else y + bias
@@ -137,6 +161,7 @@ class ConvTranspose2x(_Stride2Conv):
     Same parameters (`kernel` (4, 4, C, F), optional `bias`) and initialisers; the function is
     PyTorch's `ConvTranspose2d(C, F, 4, stride=2, padding=1)`.
     """
+
     _fns = {"fast": conv_transpose_2x, "textbook": conv_transpose_2x_textbook}
 
 
@@ -146,4 +171,5 @@ class Conv2xDown(_Stride2Conv):
     Same parameters (`kernel` (4, 4, C, F), optional `bias`) and initialisers; the function is
     PyTorch's `Conv2d(C, F, 4, stride=2, padding=1)`.
     """
+
     _fns = {"fast": conv_2x_down, "textbook": conv_2x_down_textbook}

@@ -5,6 +5,7 @@ padded positions as zeros (the same zeros their own padding uses), and the final
 real tokens only. Hence a caption encodes the same whatever length it is padded to, and an empty
 (all-padding) caption encodes to `Dense(0)`, its bias, rather than NaN.
 """
+
 from typing import Literal
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ KINDS = ("transformer", "conv")
 
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm self-attention and MLP, each added to the residual stream."""
+
     num_heads: int
     mlp_ratio: int = 4
     dtype: Dtype = jnp.float32
@@ -28,7 +30,8 @@ class TransformerBlock(nn.Module):
         mask = valid[:, None, None, :]
         a = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(h)
         h = h + nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dtype=self.dtype, name="attn")(a, mask=mask)
+            num_heads=self.num_heads, dtype=self.dtype, name="attn"
+        )(a, mask=mask)
         m = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(h)
         m = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(m)
         m = nn.Dense(width, dtype=self.dtype, name="mlp_out")(nn.gelu(m))
@@ -42,6 +45,7 @@ class ConvBlock(nn.Module):
     shifted by -d, 0, +d positions and summed: the same convolution, but a plain GEMM,
     which XLA:CPU runs several times faster than its 1-D convolution.
     """
+
     dilation: int = 1
     dtype: Dtype = jnp.float32
 
@@ -74,6 +78,7 @@ class TextEncoder(nn.Module):
             convolutions, dilation doubling per layer).
         dtype: computation dtype; parameters stay float32 and the output is float32.
     """
+
     vocab_size: int = 259
     max_len: int = 64
     embed_dim: int = 64
