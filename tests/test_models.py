@@ -291,3 +291,33 @@ def test_text_encoder_ignores_padding(kind):
     assert not np.allclose(a[0], encode(short.at[0, 1].set(106))[0])
     with pytest.raises(ValueError, match="max_len"):
         encoder.apply(variables, jnp.ones((1, 17), jnp.int32), train=False)
+
+
+def test_spectral_norm_discriminator_tracks_each_layers_top_singular_value():
+    d = Discriminator(
+        image_size=16, base_width=8, text_proj_dim=8, norm="spectral", conditioning="projection"
+    )
+    _, t, x = _small_batch(2)
+    variables = jax.jit(lambda key: d.init(key, x, t, train=False))(jax.random.key(0))
+    assert "bn2" not in variables["params"]  # no BatchNorm beside spectral normalisation
+
+    @jax.jit
+    def power_iterations(variables):
+        for _ in range(30):
+            logits, stats = _train_apply(d, variables, x, t)
+            variables = {**variables, **stats}
+        return logits, variables
+
+    logits, variables = power_iterations(variables)
+    assert logits.shape == (2,) and np.isfinite(logits).all()
+    sigmas = {
+        name.split("/")[0]: float(value)
+        for layer in variables["batch_stats"].values()
+        for name, value in layer.items()
+        if name.endswith("/sigma")
+    }
+    assert set(sigmas) == {"down1", "down2", "text_proj", "out"}
+    for name, sigma in sigmas.items():
+        kernel = np.asarray(variables["params"][name]["kernel"])
+        top = np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False)[0]
+        np.testing.assert_allclose(sigma, top, rtol=1e-2)  # power iteration: 30 steps
