@@ -50,6 +50,8 @@ def get_config(arg=None):
     t.loss = "hinge"  # "hinge" (SNGAN) or "nonsaturating" (-log D, DCGAN)
     t.matching_aware = True  # real image + mismatched caption counts as a negative for D
     t.mismatch_weight = 0.5  # share of D's negative term given to mismatched captions
+    t.contrastive_weight = 1.0  # image-caption alignment loss in D's projection space (0 = off)
+    t.contrastive_temperature = 0.1  # softmax temperature of that alignment loss
     t.update_order = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
     t.lr_g = 2e-4  # Adam learning rate of G
     t.lr_d = 2e-4  # Adam learning rate of D
@@ -107,6 +109,7 @@ def _dcgan32(c):
     c.model.text_dim = 128
     c.train.batch_size = 64
     c.train.matching_aware = False
+    c.train.contrastive_weight = 0.0
     c.train.update_order = "simultaneous"
     c.train.ema_decay = 0.0
 

@@ -45,3 +45,17 @@ def generator_loss(loss, fake_logits):
     if loss == "hinge":
         return -jnp.mean(fake_logits)
     raise ValueError(f"unknown GAN loss {loss!r}; use 'nonsaturating' or 'hinge'")
+
+
+def contrastive_loss(queries, keys, offset, temperature):
+    """InfoNCE: local query i should pick key `offset + i` among all `keys` (cosine / T).
+
+    queries: (b, C) this device's rows; keys: (B, C) the whole global batch, in which this
+    device's rows start at `offset`. Mean over the local rows.
+    """
+    q = queries / (jnp.linalg.norm(queries, axis=-1, keepdims=True) + 1e-6)
+    k = keys / (jnp.linalg.norm(keys, axis=-1, keepdims=True) + 1e-6)
+    logits = q @ k.T / temperature
+    targets = offset + jnp.arange(queries.shape[0])
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(log_probs, targets[:, None], axis=-1))

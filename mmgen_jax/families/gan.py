@@ -49,6 +49,11 @@ class GAN:
             )
         # BatchNorm averages its statistics over `axis_name` inside the mapped step; the
         # `_local` twins (same parameters) run outside it: at init and when sampling.
+        if t.contrastive_weight > 0 and config.model.conditioning != "projection":
+            raise ValueError(
+                "train.contrastive_weight > 0 aligns the two sides of a projection "
+                "discriminator: set --config.model.conditioning=projection (or the weight to 0)"
+            )
         self.generator = self._generator(axis_name)
         self.discriminator = self._discriminator(axis_name)
         self._generator_local = self._generator(None)
@@ -164,24 +169,38 @@ class GAN:
         def encode(d_params, toks):
             return self.discriminator.apply({"params": d_params}, toks, train=True, method="encode")
 
+        contrastive = t.contrastive_weight > 0
+
         def discriminate(d_params, images, embedding):
+            """-> (logits, new batch_stats, (image, text) features or None)."""
             logits, new_vars = self.discriminator.apply(
                 {"params": d_params, "batch_stats": state.d.batch_stats},
                 images,
                 embedding,
                 train=True,
-                mutable=["batch_stats"],
+                mutable=["batch_stats", "intermediates"] if contrastive else ["batch_stats"],
                 method="score",
             )
-            return logits.astype(jnp.float32), new_vars["batch_stats"]
+            features = None
+            if contrastive:
+                sown = new_vars["intermediates"]["net"]
+                features = (sown["image_features"][0], sown["text_features"][0])
+            return logits.astype(jnp.float32), new_vars["batch_stats"], features
+
+        def alignment(image_features, text_features):
+            """Each image should pick its own caption among all captions of the global batch."""
+            all_text, offset = self._gather(text_features)
+            return losses.contrastive_loss(
+                image_features, all_text, offset, t.contrastive_temperature
+            )
 
         def objectives(d_params, fake):
             # Each caption batch is encoded once and shared by the passes that use it.
             # D's running statistics follow the real batches (they are never used for
             # sampling: D always runs on batch statistics).
             embedding = encode(d_params, tokens)
-            real_logits, d_stats = discriminate(d_params, real, embedding)
-            fake_logits, _ = discriminate(d_params, fake, embedding)
+            real_logits, d_stats, real_features = discriminate(d_params, real, embedding)
+            fake_logits, _, fake_features = discriminate(d_params, fake, embedding)
             wrong_logits = (
                 None if wrong is None else discriminate(d_params, real, encode(d_params, wrong))[0]
             )
@@ -189,11 +208,27 @@ class GAN:
                 t.loss, real_logits, fake_logits, wrong_logits, t.mismatch_weight
             )
             g_loss = losses.generator_loss(t.loss, fake_logits)
-            return (d_loss, g_loss), (d_stats, real_logits, fake_logits)
+            metrics = {
+                "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),  # D's belief that reals are real
+                "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),  # ... and that fakes are real
+            }
+            if contrastive:
+                # D learns to tell which caption goes with which real image (both ways);
+                # G is rewarded when D would match its image to the caption it was given.
+                image, text = real_features
+                all_images, offset = self._gather(image)
+                d_align = 0.5 * alignment(image, text) + 0.5 * losses.contrastive_loss(
+                    text, all_images, offset, t.contrastive_temperature
+                )
+                g_align = alignment(fake_features[0], text)
+                d_loss += t.contrastive_weight * d_align
+                g_loss += t.contrastive_weight * g_align
+                metrics.update(d_align=d_align, g_align=g_align)
+            return (d_loss, g_loss), (d_stats, metrics)
 
         # One forward through D serves both players; each backward below keeps only the
         # cotangents it needs, and XLA drops the rest.
-        (d_loss, g_loss), d_vjp, (d_stats, real_logits, fake_logits) = jax.vjp(
+        (d_loss, g_loss), d_vjp, (d_stats, metrics) = jax.vjp(
             objectives, state.d.params, fake, has_aux=True
         )
         one, zero = jnp.ones_like(d_loss), jnp.zeros_like(d_loss)
@@ -205,25 +240,24 @@ class GAN:
         else:  # alternating: G plays against the freshly updated D
 
             def g_objective(fake):
-                logits, _ = discriminate(new_d.params, fake, encode(new_d.params, tokens))
-                return losses.generator_loss(t.loss, logits)
+                logits, _, features = discriminate(
+                    new_d.params, fake, encode(new_d.params, tokens)
+                )
+                loss = losses.generator_loss(t.loss, logits)
+                if contrastive:
+                    loss += t.contrastive_weight * alignment(*features)
+                return loss
 
             g_loss, fake_grads = jax.value_and_grad(g_objective)(fake)
         g_grads = jax.lax.pmean(g_vjp(fake_grads)[0], self.axis_name)
         new_g = _apply(state.g, g_grads, g_stats, self.tx_g)
 
-        ema = (
-            new_g.params
-            if t.ema_decay == 0
-            else optax.incremental_update(new_g.params, state.ema_params, 1.0 - t.ema_decay)
-        )
-        metrics = {
-            "d_loss": d_loss,
-            "g_loss": g_loss,
-            "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),  # D's belief that reals are real
-            "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),  # ... and that fakes are real
-        }
-        metrics = jax.lax.pmean(metrics, self.axis_name)
+        # The EMA's decay warms up as (1 + step) / (10 + step) until it reaches ema_decay,
+        # so early averages are not dominated by the random initialisation.
+        step = state.step.astype(jnp.float32)
+        decay = jnp.minimum(t.ema_decay, (1.0 + step) / (10.0 + step))
+        ema = optax.incremental_update(new_g.params, state.ema_params, 1.0 - decay)
+        metrics = jax.lax.pmean({**metrics, "d_loss": d_loss, "g_loss": g_loss}, self.axis_name)
         new_state = state.replace(step=state.step + 1, g=new_g, d=new_d, ema_params=ema)
         return new_state, metrics
 
@@ -232,14 +266,18 @@ class GAN:
         nz = self.config.model.noise_dim
         return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (nz,)))(index)
 
+    def _gather(self, x):
+        """The rows of every device (in device order), and where this device's rows start."""
+        start = jax.lax.axis_index(self.axis_name) * x.shape[0]
+        return jax.lax.all_gather(x, self.axis_name, tiled=True), start
+
     def _mismatched(self, tokens, index):
         """Each example's 'wrong' caption: the caption of the example whose stream index
         comes next in the global batch (cyclically). It depends on the indices only, so
         any split of the batch over devices and processes pairs the same examples."""
         n = tokens.shape[0]
-        all_tokens = jax.lax.all_gather(tokens, self.axis_name, tiled=True)
-        all_index = jax.lax.all_gather(index, self.axis_name, tiled=True)
-        start = jax.lax.axis_index(self.axis_name) * n
+        all_tokens, start = self._gather(tokens)
+        all_index, _ = self._gather(index)
         order = jnp.argsort(all_index)  # rows in stream order
         rank = jnp.argsort(order)  # each row's place in that order
         mine = jax.lax.dynamic_slice_in_dim(rank, start, n)

@@ -174,6 +174,11 @@ class Discriminator(nn.Module):
             )
         else:
             t = layer(nn.Dense(width, dtype=self.dtype, name="text_proj"))(text_emb)
+            pooled = h.mean(axis=(1, 2))
             logits = layer(nn.Dense(1, dtype=self.dtype, name="out"))(flat)
-            logits = logits + jnp.sum(h.mean(axis=(1, 2)) * t, axis=-1, keepdims=True)
+            logits = logits + jnp.sum(pooled * t, axis=-1, keepdims=True)
+            # The two sides of the projection, for losses that align images with captions
+            # (read with mutable=["intermediates"]).
+            self.sow("intermediates", "image_features", pooled.astype(jnp.float32))
+            self.sow("intermediates", "text_features", t.astype(jnp.float32))
         return logits[:, 0].astype(jnp.float32)
