@@ -52,6 +52,7 @@ def get_config(arg=None):
     t.mismatch_weight = 0.5  # share of D's negative term given to mismatched captions
     t.contrastive_weight = 1.0  # image-caption alignment loss in D's projection space (0 = off)
     t.contrastive_temperature = 0.1  # softmax temperature of that alignment loss
+    t.diversity_weight = 1.0  # mode-seeking term: one caption, two noises, distinct images (0 = off)
     t.update_order = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
     t.lr_g = 2e-4  # Adam learning rate of G
     t.lr_d = 2e-4  # Adam learning rate of D
@@ -110,6 +111,7 @@ def _dcgan32(c):
     c.train.batch_size = 64
     c.train.matching_aware = False
     c.train.contrastive_weight = 0.0
+    c.train.diversity_weight = 0.0
     c.train.update_order = "simultaneous"
     c.train.ema_decay = 0.0
 

@@ -154,17 +154,22 @@ class GAN:
         real, tokens = batch["image"], batch["text"]
         wrong = self._mismatched(tokens, batch["index"]) if t.matching_aware else None
 
+        # With the mode-seeking term, G also draws every caption from a second noise, z2.
+        diverse = t.diversity_weight > 0
+        z2 = self.noise(jax.random.fold_in(key, 1), batch["index"]) if diverse else None
+
         def generate(g_params):
-            fake, new_vars = self.generator.apply(
+            images, new_vars = self.generator.apply(
                 {"params": g_params, "batch_stats": state.g.batch_stats},
-                z,
-                tokens,
+                jnp.concatenate([z, z2]) if diverse else z,
+                jnp.concatenate([tokens, tokens]) if diverse else tokens,
                 train=True,
                 mutable=["batch_stats"],
             )
-            return fake, new_vars["batch_stats"]
+            pair = tuple(jnp.split(images, 2)) if diverse else (images, None)
+            return pair, new_vars["batch_stats"]
 
-        fake, g_vjp, g_stats = jax.vjp(generate, state.g.params, has_aux=True)
+        (fake, twin), g_vjp, g_stats = jax.vjp(generate, state.g.params, has_aux=True)
 
         def encode(d_params, toks):
             return self.discriminator.apply({"params": d_params}, toks, train=True, method="encode")
@@ -249,7 +254,20 @@ class GAN:
                 return loss
 
             g_loss, fake_grads = jax.value_and_grad(g_objective)(fake)
-        g_grads = jax.lax.pmean(g_vjp(fake_grads)[0], self.axis_name)
+        twin_grads = None
+        if diverse:
+            # Mode seeking (Mao et al., 2019): the same caption under two noises should give
+            # images as far apart as the noises are; G minimises 1 / (that ratio + eps).
+            def spread(fake, twin):
+                ratio = jnp.mean(jnp.abs(fake - twin)) / jnp.mean(jnp.abs(z - z2))
+                return t.diversity_weight / (ratio + 1e-5), ratio
+
+            (_, ratio), (extra, twin_grads) = jax.value_and_grad(
+                spread, argnums=(0, 1), has_aux=True
+            )(fake, twin)
+            fake_grads = fake_grads + extra
+            metrics["diversity"] = ratio
+        g_grads = jax.lax.pmean(g_vjp((fake_grads, twin_grads))[0], self.axis_name)
         new_g = _apply(state.g, g_grads, g_stats, self.tx_g)
 
         # The EMA's decay warms up as (1 + step) / (10 + step) until it reaches ema_decay,
