@@ -35,6 +35,7 @@ def get_config(arg=None):
     )
     m.conditioning = "projection"  # how D uses the caption: "projection" or "concat"
     m.d_norm = "spectral"  # D's normalisation: "spectral" (SNGAN) or "batch" (DCGAN)
+    m.num_classes = 10  # classes of the dataset's label (auxiliary classifier head)
     m.text_proj_dim = 128  # width of the caption projection inside G and D
     m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs), "transformer", or
     # "none" (the batch carries text_dim-sized caption embeddings: benchmarks only)
@@ -53,6 +54,7 @@ def get_config(arg=None):
     t.contrastive_weight = 1.0  # image-caption alignment loss in D's projection space (0 = off)
     t.contrastive_temperature = 0.1  # softmax temperature of that alignment loss
     t.diversity_weight = 1.0  # mode-seeking term: one caption, two noises, distinct images (0 = off)
+    t.aux_classifier_weight = 1.0  # D also classifies data.label (TAC-GAN); 0 = captions only
     t.update_order = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
     t.lr_g = 2e-4  # Adam learning rate of G
     t.lr_d = 2e-4  # Adam learning rate of D
@@ -112,6 +114,7 @@ def _dcgan32(c):
     c.train.matching_aware = False
     c.train.contrastive_weight = 0.0
     c.train.diversity_weight = 0.0
+    c.train.aux_classifier_weight = 0.0
     c.train.update_order = "simultaneous"
     c.train.ema_decay = 0.0
 

@@ -36,7 +36,8 @@ POOL = 4  # distinct synthetic batches cycled through, as the peer benchmark doe
 
 
 def synthetic_batch(family, batch_size, seed):
-    """A host batch of the configured shapes: images in [-1, 1], caption input, indices."""
+    """A host batch of the configured shapes: images in [-1, 1], caption input, indices,
+    labels."""
     rng = np.random.default_rng(seed)
     size = family.config.data.image_size
     shape, dtype = family.text_spec()
@@ -48,6 +49,7 @@ def synthetic_batch(family, batch_size, seed):
         "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
         "text": text,
         "index": np.arange(seed * batch_size, (seed + 1) * batch_size, dtype=np.int64),
+        "label": rng.integers(0, family.config.model.num_classes, batch_size).astype(np.int32),
     }
 
 

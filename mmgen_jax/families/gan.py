@@ -95,6 +95,7 @@ class GAN:
             text_proj_dim=m.text_proj_dim,
             conditioning=m.conditioning,
             norm=m.d_norm,
+            num_classes=m.num_classes if self.config.train.aux_classifier_weight else 0,
             impl=m.d_impl,
             axis_name=axis_name,
             dtype=jnp.dtype(m.dtype),
@@ -136,14 +137,22 @@ class GAN:
             return (m.text_dim,), jnp.float32
         return (self.config.data.max_text_len,), jnp.int32
 
-    @staticmethod
-    def device_batch(batch):
+    def device_batch(self, batch):
         """The host batch fields the step reads, in device dtypes (no int64 on device)."""
-        return {
+        out = {
             "image": batch["image"],
             "text": batch["text"],
             "index": (batch["index"] % 2**32).astype("uint32"),
         }
+        if self.config.train.aux_classifier_weight:
+            if "label" not in batch:
+                raise ValueError(
+                    f"train.aux_classifier_weight > 0 needs a dataset with a 'label' feature "
+                    f"and {self.config.data.name!r} has none: set "
+                    f"--config.train.aux_classifier_weight=0"
+                )
+            out["label"] = batch["label"].astype("int32")
+        return out
 
     # ---- the step ----------------------------------------------------------------
     def train_step(self, state: GANState, batch):
@@ -175,22 +184,26 @@ class GAN:
             return self.discriminator.apply({"params": d_params}, toks, train=True, method="encode")
 
         contrastive = t.contrastive_weight > 0
+        classify = t.aux_classifier_weight > 0
 
         def discriminate(d_params, images, embedding):
-            """-> (logits, new batch_stats, (image, text) features or None)."""
+            """-> (logits, new batch_stats, {name: what D sowed}: features, class logits)."""
             logits, new_vars = self.discriminator.apply(
                 {"params": d_params, "batch_stats": state.d.batch_stats},
                 images,
                 embedding,
                 train=True,
-                mutable=["batch_stats", "intermediates"] if contrastive else ["batch_stats"],
+                mutable=["batch_stats", "intermediates"],
                 method="score",
             )
-            features = None
-            if contrastive:
-                sown = new_vars["intermediates"]["net"]
-                features = (sown["image_features"][0], sown["text_features"][0])
-            return logits.astype(jnp.float32), new_vars["batch_stats"], features
+            sown = {k: v[0] for k, v in new_vars.get("intermediates", {}).get("net", {}).items()}
+            return logits.astype(jnp.float32), new_vars["batch_stats"], sown
+
+        def class_loss(sown):
+            """TAC-GAN: D's auxiliary head should name the example's label."""
+            log_probs = jax.nn.log_softmax(sown["class_logits"])
+            picked = jnp.take_along_axis(log_probs, batch["label"][:, None], axis=-1)
+            return -t.aux_classifier_weight * jnp.mean(picked)
 
         def alignment(image_features, text_features):
             """Each image should pick its own caption among all captions of the global batch."""
@@ -217,15 +230,20 @@ class GAN:
                 "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),  # D's belief that reals are real
                 "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),  # ... and that fakes are real
             }
+            if classify:
+                d_class, g_class = class_loss(real_features), class_loss(fake_features)
+                d_loss += d_class
+                g_loss += g_class
+                metrics.update(d_class=d_class, g_class=g_class)
             if contrastive:
                 # D learns to tell which caption goes with which real image (both ways);
                 # G is rewarded when D would match its image to the caption it was given.
-                image, text = real_features
+                image, text = real_features["image_features"], real_features["text_features"]
                 all_images, offset = self._gather(image)
                 d_align = 0.5 * alignment(image, text) + 0.5 * losses.contrastive_loss(
                     text, all_images, offset, t.contrastive_temperature
                 )
-                g_align = alignment(fake_features[0], text)
+                g_align = alignment(fake_features["image_features"], text)
                 d_loss += t.contrastive_weight * d_align
                 g_loss += t.contrastive_weight * g_align
                 metrics.update(d_align=d_align, g_align=g_align)
@@ -245,12 +263,14 @@ class GAN:
         else:  # alternating: G plays against the freshly updated D
 
             def g_objective(fake):
-                logits, _, features = discriminate(
-                    new_d.params, fake, encode(new_d.params, tokens)
-                )
+                logits, _, sown = discriminate(new_d.params, fake, encode(new_d.params, tokens))
                 loss = losses.generator_loss(t.loss, logits)
+                if classify:
+                    loss += class_loss(sown)
                 if contrastive:
-                    loss += t.contrastive_weight * alignment(*features)
+                    loss += t.contrastive_weight * alignment(
+                        sown["image_features"], sown["text_features"]
+                    )
                 return loss
 
             g_loss, fake_grads = jax.value_and_grad(g_objective)(fake)

@@ -113,6 +113,8 @@ class Discriminator(nn.Module):
     Attributes:
         text_proj_dim: width of the text projection for 'concat' ('projection' uses C).
         conditioning: 'concat' or 'projection', as above.
+        num_classes: > 0 adds an auxiliary head classifying the image into the dataset's
+            labels (TAC-GAN); its logits are sown to "intermediates"/"class_logits".
         norm: 'batch' (BatchNorm after every conv but the first: DCGAN, the peer benchmark)
             or 'spectral' (spectral normalisation of every layer, no BatchNorm: SNGAN).
         impl: 'fast' or 'textbook' downsampling (see `layers`); same parameters either way.
@@ -126,6 +128,7 @@ class Discriminator(nn.Module):
     text_proj_dim: int = 128
     conditioning: Literal["concat", "projection"] = "concat"
     norm: Literal["batch", "spectral"] = "batch"
+    num_classes: int = 0
     impl: Impl = "fast"
     axis_name: str | None = None
     dtype: Dtype = jnp.float32
@@ -167,6 +170,9 @@ class Discriminator(nn.Module):
             h = nn.leaky_relu(h, 0.2)
 
         flat = h.reshape(h.shape[0], -1)
+        if self.num_classes:  # auxiliary classifier head (TAC-GAN), read via "intermediates"
+            classes = layer(nn.Dense(self.num_classes, dtype=self.dtype, name="classes"))(flat)
+            self.sow("intermediates", "class_logits", classes.astype(jnp.float32))
         if self.conditioning == "concat":
             t = layer(nn.Dense(self.text_proj_dim, dtype=self.dtype, name="text_proj"))(text_emb)
             logits = layer(nn.Dense(1, dtype=self.dtype, name="out"))(
