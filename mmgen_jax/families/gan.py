@@ -85,7 +85,11 @@ class GAN:
             axis_name=axis_name,
             dtype=jnp.dtype(m.dtype),
         )
-        return TextConditioned(encoder=self._text_encoder(), net=net)
+        return TextConditioned(encoder=self._text_encoder(), net=net, num_classes=self._classes())
+
+    def _classes(self):
+        """Label classes of the auxiliary heads, or 0 when they are off."""
+        return self.config.model.num_classes if self.config.train.aux_classifier_weight else 0
 
     def _discriminator(self, axis_name):
         m, d = self.config.model, self.config.data
@@ -95,12 +99,12 @@ class GAN:
             text_proj_dim=m.text_proj_dim,
             conditioning=m.conditioning,
             norm=m.d_norm,
-            num_classes=m.num_classes if self.config.train.aux_classifier_weight else 0,
+            num_classes=self._classes(),
             impl=m.d_impl,
             axis_name=axis_name,
             dtype=jnp.dtype(m.dtype),
         )
-        return TextConditioned(encoder=self._text_encoder(), net=net)
+        return TextConditioned(encoder=self._text_encoder(), net=net, num_classes=self._classes())
 
     # ---- state -------------------------------------------------------------------
     def init(self, rng) -> GANState:
@@ -167,24 +171,45 @@ class GAN:
         diverse = t.diversity_weight > 0
         z2 = self.noise(jax.random.fold_in(key, 1), batch["index"]) if diverse else None
 
+        classify = t.aux_classifier_weight > 0
+
+        def class_loss(logits):
+            """Cross-entropy of label logits against the examples' labels, weighted."""
+            picked = jnp.take_along_axis(
+                jax.nn.log_softmax(logits), batch["label"][:, None], axis=-1
+            )
+            return -t.aux_classifier_weight * jnp.mean(picked)
+
         def generate(g_params):
             images, new_vars = self.generator.apply(
                 {"params": g_params, "batch_stats": state.g.batch_stats},
                 jnp.concatenate([z, z2]) if diverse else z,
                 jnp.concatenate([tokens, tokens]) if diverse else tokens,
                 train=True,
-                mutable=["batch_stats"],
+                mutable=["batch_stats", "intermediates"],
             )
             pair = tuple(jnp.split(images, 2)) if diverse else (images, None)
-            return pair, new_vars["batch_stats"]
+            text_loss = (
+                class_loss(new_vars["intermediates"]["text_class_logits"][0][: len(z)])
+                if classify
+                else jnp.zeros(())
+            )
+            return (*pair, text_loss), new_vars["batch_stats"]
 
-        (fake, twin), g_vjp, g_stats = jax.vjp(generate, state.g.params, has_aux=True)
+        (fake, twin, g_text_class), g_vjp, g_stats = jax.vjp(generate, state.g.params, has_aux=True)
 
         def encode(d_params, toks):
-            return self.discriminator.apply({"params": d_params}, toks, train=True, method="encode")
+            """D's caption embedding, and its label logits when the label heads are on."""
+            embedding, sown = self.discriminator.apply(
+                {"params": d_params},
+                toks,
+                train=True,
+                method="encode",
+                mutable=["intermediates"],
+            )
+            return embedding, sown.get("intermediates", {}).get("text_class_logits", (None,))[0]
 
         contrastive = t.contrastive_weight > 0
-        classify = t.aux_classifier_weight > 0
 
         def discriminate(d_params, images, embedding):
             """-> (logits, new batch_stats, {name: what D sowed}: features, class logits)."""
@@ -199,12 +224,6 @@ class GAN:
             sown = {k: v[0] for k, v in new_vars.get("intermediates", {}).get("net", {}).items()}
             return logits.astype(jnp.float32), new_vars["batch_stats"], sown
 
-        def class_loss(sown):
-            """TAC-GAN: D's auxiliary head should name the example's label."""
-            log_probs = jax.nn.log_softmax(sown["class_logits"])
-            picked = jnp.take_along_axis(log_probs, batch["label"][:, None], axis=-1)
-            return -t.aux_classifier_weight * jnp.mean(picked)
-
         def alignment(image_features, text_features):
             """Each image should pick its own caption among all captions of the global batch."""
             all_text, offset = self._gather(text_features)
@@ -216,11 +235,13 @@ class GAN:
             # Each caption batch is encoded once and shared by the passes that use it.
             # D's running statistics follow the real batches (they are never used for
             # sampling: D always runs on batch statistics).
-            embedding = encode(d_params, tokens)
+            embedding, text_logits = encode(d_params, tokens)
             real_logits, d_stats, real_features = discriminate(d_params, real, embedding)
             fake_logits, _, fake_features = discriminate(d_params, fake, embedding)
             wrong_logits = (
-                None if wrong is None else discriminate(d_params, real, encode(d_params, wrong))[0]
+                None
+                if wrong is None
+                else discriminate(d_params, real, encode(d_params, wrong)[0])[0]
             )
             d_loss = losses.discriminator_loss(
                 t.loss, real_logits, fake_logits, wrong_logits, t.mismatch_weight
@@ -231,8 +252,11 @@ class GAN:
                 "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),  # ... and that fakes are real
             }
             if classify:
-                d_class, g_class = class_loss(real_features), class_loss(fake_features)
-                d_loss += d_class
+                # TAC-GAN: D's image head names the label of real images and G wants its
+                # images named as the label of their caption; D's caption head names it too.
+                d_class = class_loss(real_features["class_logits"])
+                g_class = class_loss(fake_features["class_logits"])
+                d_loss += d_class + class_loss(text_logits)
                 g_loss += g_class
                 metrics.update(d_class=d_class, g_class=g_class)
             if contrastive:
@@ -263,10 +287,10 @@ class GAN:
         else:  # alternating: G plays against the freshly updated D
 
             def g_objective(fake):
-                logits, _, sown = discriminate(new_d.params, fake, encode(new_d.params, tokens))
+                logits, _, sown = discriminate(new_d.params, fake, encode(new_d.params, tokens)[0])
                 loss = losses.generator_loss(t.loss, logits)
                 if classify:
-                    loss += class_loss(sown)
+                    loss += class_loss(sown["class_logits"])
                 if contrastive:
                     loss += t.contrastive_weight * alignment(
                         sown["image_features"], sown["text_features"]
@@ -287,7 +311,11 @@ class GAN:
             )(fake, twin)
             fake_grads = fake_grads + extra
             metrics["diversity"] = ratio
-        g_grads = jax.lax.pmean(g_vjp((fake_grads, twin_grads))[0], self.axis_name)
+        g_grads = jax.lax.pmean(
+            g_vjp((fake_grads, twin_grads, jnp.ones_like(g_text_class)))[0], self.axis_name
+        )
+        if classify:
+            metrics["g_text_class"] = g_text_class
         new_g = _apply(state.g, g_grads, g_stats, self.tx_g)
 
         # The EMA's decay warms up as (1 + step) / (10 + step) until it reaches ema_decay,

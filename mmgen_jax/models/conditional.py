@@ -13,9 +13,20 @@ class TextConditioned(nn.Module):
 
     encoder: nn.Module
     net: nn.Module
+    num_classes: int = 0  # > 0: a label head on the caption embedding (sown, see below)
+
+    def setup(self):
+        if self.num_classes:
+            self.text_classes = nn.Dense(self.num_classes)
 
     def encode(self, tokens, train: bool):
-        return self.encoder(tokens, train=train)
+        embedding = self.encoder(tokens, train=train)
+        if self.num_classes:
+            # Which label does the caption name? Read via mutable=["intermediates"], it gives
+            # the caption encoder a direct training signal where the dataset has labels.
+            logits = self.text_classes(embedding)
+            self.sow("intermediates", "text_class_logits", logits.astype("float32"))
+        return embedding
 
     def score(self, inputs, embedding, train: bool):
         return self.net(inputs, embedding, train=train)
