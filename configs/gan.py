@@ -46,14 +46,14 @@ def get_config(arg=None):
     m.dtype = "float32"  # compute dtype ("bfloat16" on accelerators; params stay float32)
 
     c.train = t = ml_collections.ConfigDict()
-    t.num_steps = 5000  # total optimisation steps (one D and one G update each)
+    t.num_steps = 6000  # total optimisation steps (one D and one G update each)
     t.batch_size = 64  # global batch size, split over all devices of all processes
     t.loss = "hinge"  # "hinge" (SNGAN) or "nonsaturating" (-log D, DCGAN)
-    t.matching_aware = True  # real image + mismatched caption counts as a negative for D
+    t.matching_aware = False  # real image + mismatched caption counts as a negative for D
     t.mismatch_weight = 0.5  # share of D's negative term given to mismatched captions
     t.contrastive_weight = 1.0  # image-caption alignment loss in D's projection space (0 = off)
     t.contrastive_temperature = 0.1  # softmax temperature of that alignment loss
-    t.diversity_weight = 1.0  # mode-seeking term: one caption, two noises, distinct images (0 = off)
+    t.diversity_weight = 0.0  # mode-seeking term: one caption, two noises, distinct images (0 = off)
     t.aux_classifier_weight = 1.0  # D also classifies data.label (TAC-GAN); 0 = captions only
     t.update_order = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
     t.lr_g = 2e-4  # Adam learning rate of G
