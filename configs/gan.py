@@ -54,7 +54,9 @@ def get_config(arg=None):
     t.contrastive_weight = 1.0  # image-caption alignment loss in D's projection space (0 = off)
     t.contrastive_temperature = 0.1  # softmax temperature of that alignment loss
     t.diversity_weight = 0.0  # mode-seeking term: one caption, two noises, distinct images (0 = off)
-    t.aux_classifier_weight = 1.0  # D also classifies data.label (TAC-GAN); 0 = captions only
+    # Where the dataset has labels: D's image head classifies them (TAC-GAN) and both caption
+    # encoders get a label head, so they learn to read the digit; 0 = captions only.
+    t.aux_classifier_weight = 1.0
     t.update_order = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
     t.lr_g = 2e-4  # Adam learning rate of G
     t.lr_d = 2e-4  # Adam learning rate of D

@@ -14,8 +14,8 @@ from conftest import ROOT
 from mmgen_jax import train
 
 
-def _main(workdir, data_dir, *overrides, check=True):
-    cmd = [
+def _main_command(workdir, data_dir, *overrides):
+    return [
         sys.executable,
         "-m",
         "mmgen_jax.main",
@@ -24,7 +24,17 @@ def _main(workdir, data_dir, *overrides, check=True):
         f"--config.data.data_dir={data_dir}",
         *overrides,
     ]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=check)
+
+
+def _main(workdir, data_dir, *overrides, check=True):
+    return subprocess.run(
+        _main_command(workdir, data_dir, *overrides),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=check,
+    )
 
 
 def _metrics(workdir):
@@ -102,18 +112,14 @@ def test_bad_override_is_a_clear_error(tmp_path, data_dir, override, message):
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_dir):
     workdir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmgen_jax.main",
-        "--config=configs/gan.py:smoke",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
+    cmd = _main_command(
+        workdir,
+        data_dir,
         "--config.train.num_steps=100000",
         "--config.train.checkpoint_every=100000",
         "--config.train.sample_every=100000",
         "--config.train.log_every=1",
-    ]
+    )
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # training is under way once a step has been logged
         if "step 3/" in line:
