@@ -9,7 +9,7 @@ time and, on GPU hosts, accelerator memory). `ensure_prepared` therefore runs th
 module as a child process for the datasets embedded in the package, and only ever
 looks at files itself.
 
-Why it is safe to read concurrently: TFDS writes into `incomplete.XXXXXX_<version>`
+Why it is safe to read concurrently: TFDS writes into `incomplete.<random>_<version>`
 and renames it to `<version>` when done, so a version directory holding
 `dataset_info.json` is complete; a killed preparation leaves only an
 `incomplete.*` directory, which is ignored and later removed. Two processes that
