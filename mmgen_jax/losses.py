@@ -59,3 +59,9 @@ def contrastive_loss(queries, keys, offset, temperature):
     targets = offset + jnp.arange(queries.shape[0])
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.take_along_axis(log_probs, targets[:, None], axis=-1))
+
+
+def classification_loss(logits, labels):
+    """Mean cross-entropy of integer `labels` under `logits` (B, K)."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))

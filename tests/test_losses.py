@@ -72,3 +72,22 @@ def test_stable_for_extreme_logits():
 def test_unknown_loss_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown GAN loss"):
         losses.generator_loss("wasserstein", FAKE)
+
+
+def test_classification_loss():
+    logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    labels = jnp.array([0, 2])
+    z0 = math.exp(2.0) + 1 + math.exp(-1.0)
+    want = (-(2.0 - math.log(z0)) + math.log(3.0)) / 2
+    np.testing.assert_allclose(losses.classification_loss(logits, labels), want, rtol=1e-6)
+
+
+def test_contrastive_loss_picks_the_own_row():
+    # Two local queries at offset 1 of three keys; cosine similarity / T.
+    q = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+    k = jnp.array([[0.0, 1.0], [3.0, 0.0], [0.0, -1.0]])
+    t = 0.5
+    sims = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, -1.0]]) / t
+    target = [1, 2]
+    want = -np.mean([s[i] - np.log(np.exp(s).sum()) for s, i in zip(sims, target)])
+    np.testing.assert_allclose(losses.contrastive_loss(q, k, 1, t), want, rtol=1e-5)

@@ -174,11 +174,7 @@ class GAN:
         classify = t.aux_classifier_weight > 0
 
         def class_loss(logits):
-            """Cross-entropy of label logits against the examples' labels, weighted."""
-            picked = jnp.take_along_axis(
-                jax.nn.log_softmax(logits), batch["label"][:, None], axis=-1
-            )
-            return -t.aux_classifier_weight * jnp.mean(picked)
+            return t.aux_classifier_weight * losses.classification_loss(logits, batch["label"])
 
         def generate(g_params):
             images, new_vars = self.generator.apply(
