@@ -75,6 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             num_steps,
         )
         ckpt.close()
+        stream.close()
         return state
 
     train_step = parallel.data_parallel(family.train_step, mesh)
@@ -96,7 +97,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         jax.process_count(),
     )
 
-    step = start
     try:
         for step in range(start + 1, num_steps + 1):
             state, metrics = train_step(state, next(batches))
@@ -121,6 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         stop.restore_handlers()
         progress.close()
         writer.close()
+        stream.close()
     return state
 
 
