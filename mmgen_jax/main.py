@@ -45,6 +45,10 @@ def main(argv):
     # Libraries log at WARNING and above (Orbax's INFO lines narrate every file it
     # writes); our own progress lines go to stderr at INFO.
     logging.set_verbosity(logging.WARNING)
+    # TFDS suggests OpenCV for image decoding on every start; PIL serves these small images.
+    logging.get_absl_logger().addFilter(
+        lambda record: "OpenCV is not installed" not in record.getMessage()
+    )
     handler = pylogging.StreamHandler()
     handler.setFormatter(pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     log = pylogging.getLogger("mmgen_jax")
