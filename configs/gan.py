@@ -3,7 +3,8 @@
 Run (trains on the embedded `digits_captions` data, ~15 min on 2 CPU cores):
     python -m mmgen_jax.main --config=configs/gan.py --workdir=runs/gan
 Variants: `configs/gan.py:smoke` (seconds; tests and CI), `configs/gan.py:dcgan32`
-(exactly the peer benchmark's architecture and step, ../shared/peers/SPEC.md).
+(exactly the peer benchmark's architecture and step, ../shared/peers/SPEC.md),
+`configs/gan.py:folder` (your own data: --config.data.path=DIR); combine with commas.
 Override any field: --config.train.num_steps=200 --config.data.data_dir=/data/tfds
 """
 
@@ -17,6 +18,8 @@ def get_config(arg=None):
     c.data = d = ml_collections.ConfigDict()
     d.name = "digits_captions"  # TFDS dataset name (embedded ones are prepared on first use)
     d.data_dir = ""  # TFDS data_dir; "" = $MMGEN_DATA_DIR or ~/tensorflow_datasets
+    d.path = ""  # your folder of images + captions.jsonl/.csv (data.name="caption_folder")
+    d.skip_bad = False  # caption_folder: skip (and count) bad rows instead of failing
     d.train_split = "train"  # split the model trains on
     d.eval_split = "test"  # split whose captions drive the sample grids
     d.image_size = 32  # images are resized to image_size x image_size RGB
@@ -121,4 +124,12 @@ def _dcgan32(c):
     c.train.ema_decay = 0.0
 
 
-VARIANTS = {"smoke": _smoke, "dcgan32": _dcgan32}
+def _folder(c):
+    """Your own images and captions: --config=configs/gan.py:folder --config.data.path=DIR
+    (see mmgen_jax/data/caption_folder.py for the folder layout)."""
+    c.data.name = "caption_folder"
+    c.data.eval_split = "test"
+    c.train.aux_classifier_weight = 0.0  # user folders have no labels
+
+
+VARIANTS = {"smoke": _smoke, "dcgan32": _dcgan32, "folder": _folder}

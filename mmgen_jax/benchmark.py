@@ -102,6 +102,7 @@ def input_examples_per_sec(config, batches=50):
         seed=config.seed,
         num_threads=d.num_threads,
         prefetch=d.prefetch,
+        builder_kwargs=pipeline.builder_kwargs(d),
     )
     next(stream)  # start-up (threads, file handles) is not throughput
     start = time.perf_counter()

@@ -61,6 +61,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         process_count=jax.process_count(),
         num_threads=config.data.num_threads,
         prefetch=config.data.prefetch,
+        builder_kwargs=pipeline.builder_kwargs(config.data),
     )
 
     rng = jax.random.PRNGKey(config.seed)
@@ -164,13 +165,17 @@ class _SampleGrid:
 
     def __init__(self, config, family, data_dir, workdir):
         t, d = config.train, config.data
+        source_kwargs = pipeline.builder_kwargs(d)
+        # A user's folder may have fewer eval examples than the usual pool of 64.
+        available = len(pipeline.load_source(d.name, d.eval_split, data_dir, source_kwargs))
         examples = pipeline.eval_batch(
             name=d.name,
             data_dir=data_dir,
             split=d.eval_split,
             image_size=d.image_size,
             max_text_len=d.max_text_len,
-            num=max(64, t.sample_rows),
+            num=min(max(64, t.sample_rows), available),
+            builder_kwargs=source_kwargs,
         )
         # Prefer captions the grid's font surely draws (ASCII), keep stored order.
         order = sorted(

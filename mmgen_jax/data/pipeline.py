@@ -36,13 +36,29 @@ _OPTIONAL_INT_KEYS = ("label", "fg", "bg")
 _STATE_IDENTITY = ("dataset", "split", "global_batch_size", "seed")
 
 
-def _builder(name: str, data_dir: str | None):
+def builder_kwargs(data_config) -> dict | None:
+    """What preparing `data_config.name` needs beyond its name: a folder dataset's path and
+    settings (`data.path`, `data.image_size`, `data.skip_bad`); None for other datasets."""
+    if data_config.name.split("/")[0] not in prepare.FOLDER_DATASETS:
+        return None
+    if not data_config.get("path"):
+        raise ValueError(
+            f"data.name={data_config.name!r} trains on your own folder of images and "
+            f"captions: pass it with --config.data.path=/your/folder"
+        )
+    return {
+        "path": data_config.path,
+        "image_size": data_config.image_size,
+        "skip_bad": bool(data_config.get("skip_bad", False)),
+    }
+
+
+def _builder(name: str, data_dir: str | None, builder_kwargs: dict | None = None):
     """Prepares `name` if needed; returns a read-only builder over its files."""
     data_dir = data_dir or prepare.default_data_dir()
-    prepare.ensure_prepared(name, data_dir)
     # A read-only builder from the files: no dataset code (and so nothing of a
     # public dataset's module) is imported, and nothing is downloaded.
-    return tfds.builder_from_directory(prepare.prepared_dir(name, data_dir))
+    return tfds.builder_from_directory(prepare.ensure_prepared(name, data_dir, builder_kwargs))
 
 
 def _label_names(builder) -> list[str] | None:
@@ -53,12 +69,13 @@ def _label_names(builder) -> list[str] | None:
     return None
 
 
-def load_source(name: str, split: str, data_dir: str | None):
+def load_source(name: str, split: str, data_dir: str | None, builder_kwargs: dict | None = None):
     """Prepares `name` if needed; returns the split as a random-access source.
 
     The source has `len()` and `source[i]` -> dict of numpy values / bytes.
+    `builder_kwargs`: a folder dataset's settings (see `builder_kwargs()`).
     """
-    return _builder(name, data_dir).as_data_source(split)
+    return _builder(name, data_dir, builder_kwargs).as_data_source(split)
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
@@ -163,6 +180,7 @@ class TrainStream:
         process_count: int = 1,
         num_threads: int = 4,
         prefetch: int = 2,
+        builder_kwargs: dict | None = None,
     ):
         if global_batch_size % process_count:
             raise ValueError(
@@ -177,7 +195,7 @@ class TrainStream:
             "global_batch_size": global_batch_size,
             "seed": seed,
         }
-        builder = _builder(name, data_dir)
+        builder = _builder(name, data_dir, builder_kwargs)
         label_names = _label_names(builder)
 
         def to_batch_element(indexed: tuple[int, dict]) -> dict:
@@ -239,13 +257,14 @@ def eval_batch(
     max_text_len: int,
     num: int,
     offset: int = 0,
+    builder_kwargs: dict | None = None,
 ) -> dict:
     """Examples [offset, offset + num) of `split` in stored order, as one batch.
 
     Besides the training keys (`index` = position in the split), `caption` holds
     the full (uncut) texts as a list of str.
     """
-    builder = _builder(name, data_dir)
+    builder = _builder(name, data_dir, builder_kwargs)
     source = builder.as_data_source(split)
     if offset < 0 or num < 1 or offset + num > len(source):
         raise ValueError(

@@ -2,6 +2,13 @@
 
     python -m mmgen_jax.data.prepare --dataset=digits_captions [--data_dir=DIR]
     python -m mmgen_jax.data.prepare --dataset=cifar10 --data_dir=DIR --download
+    python -m mmgen_jax.data.prepare --dataset=caption_folder --path=DIR [--image_size=32]
+
+Folder datasets (`FOLDER_DATASETS`) take builder kwargs (`path`, `image_size`,
+`skip_bad`): `resolve_name` turns them into `caption_folder/<config>`, a config name
+that hashes the folder listing and the settings, so a changed folder gets a new prepared
+copy. That name keys the files, the lock and `prepared_dir`; the kwargs themselves travel to
+the child process as `--path/--image_size/--skip_bad`.
 
 Why a subprocess: building a TFDS dataset imports TensorFlow (example
 serialisation), while training and evaluation must not (it takes memory, start-up
@@ -36,7 +43,10 @@ import sys
 # Strings, so that listing them imports nothing.
 EMBEDDED = {
     "digits_captions": "mmgen_jax.data.digits_captions:DigitsCaptions",
+    "caption_folder": "mmgen_jax.data.caption_folder:CaptionFolder",
 }
+# Embedded datasets built from a user's folder: they need builder kwargs (see module doc).
+FOLDER_DATASETS = ("caption_folder",)
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _INCOMPLETE_PREFIX = "incomplete."  # tensorflow_datasets.core.constants
@@ -63,9 +73,27 @@ def _parse_name(name: str) -> tuple[str, str | None]:
     return base, version or None
 
 
+def _family(name: str) -> str:
+    """'caption_folder/s32_ab12:1.0.0' -> 'caption_folder' (the builder's name)."""
+    return _parse_name(name)[0].split("/")[0]
+
+
+def resolve_name(name: str, builder_kwargs: dict | None = None) -> str:
+    """A folder dataset's name with its config ('caption_folder/s32_<hash>'); else `name`."""
+    if _family(name) not in FOLDER_DATASETS:
+        return name
+    kwargs = dict(builder_kwargs or {})
+    if not kwargs.get("path"):
+        raise ValueError(
+            f"Dataset {name!r} reads your own folder: pass it with --config.data.path=/your/folder"
+        )
+    module = importlib.import_module(EMBEDDED[_family(name)].partition(":")[0])
+    return f"{_family(name)}/{module.make_config(**kwargs).name}"
+
+
 def builder_class(name: str):
     """The builder class of an embedded dataset (imports its module)."""
-    module, _, cls = EMBEDDED[_parse_name(name)[0]].partition(":")
+    module, _, cls = EMBEDDED[_family(name)].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -78,7 +106,7 @@ def prepared_dir(name: str, data_dir: str) -> pathlib.Path | None:
     """
     base, version = _parse_name(name)
     root = pathlib.Path(data_dir) / base
-    if version is None and base in EMBEDDED:
+    if version is None and _family(name) in EMBEDDED:
         version = str(builder_class(base).VERSION)
     if version is not None:
         candidates = [root / version]
@@ -97,17 +125,24 @@ def prepared_dir(name: str, data_dir: str) -> pathlib.Path | None:
     return None
 
 
-def prepare_command(name: str, data_dir: str) -> list[str]:
+def prepare_command(name: str, data_dir: str, builder_kwargs: dict | None = None) -> list[str]:
     """The command line that prepares `name` (downloading if it is public)."""
     cmd = [
         sys.executable,
         "-m",
         "mmgen_jax.data.prepare",
-        f"--dataset={name}",
+        f"--dataset={_family(name) if _family(name) in FOLDER_DATASETS else name}",
         f"--data_dir={data_dir}",
     ]
-    if _parse_name(name)[0] not in EMBEDDED:
+    if _family(name) not in EMBEDDED:
         cmd.append("--download")
+    kwargs = builder_kwargs or {}
+    if "path" in kwargs:
+        cmd.append(f"--path={os.path.abspath(kwargs['path'])}")
+    if "image_size" in kwargs:
+        cmd.append(f"--image_size={int(kwargs['image_size'])}")
+    if kwargs.get("skip_bad"):
+        cmd.append("--skip_bad")
     return cmd
 
 
@@ -119,15 +154,17 @@ def _not_prepared_error(name: str, data_dir: str) -> DatasetNotPreparedError:
     )
 
 
-def ensure_prepared(name: str, data_dir: str) -> None:
-    """Returns once `name` is prepared in `data_dir`, without importing TensorFlow.
+def ensure_prepared(name: str, data_dir: str, builder_kwargs: dict | None = None) -> pathlib.Path:
+    """Returns `name`'s prepared directory in `data_dir`, without importing TensorFlow.
 
     Embedded datasets are prepared in a child process; public ones raise
-    `DatasetNotPreparedError` with the command to run.
+    `DatasetNotPreparedError` with the command to run. Folder datasets need
+    `builder_kwargs` (at least `path`).
     """
-    if prepared_dir(name, data_dir) is not None:
-        return
-    if _parse_name(name)[0] not in EMBEDDED:
+    resolved = resolve_name(name, builder_kwargs)
+    if (done := prepared_dir(resolved, data_dir)) is not None:
+        return done
+    if _family(name) not in EMBEDDED:
         raise _not_prepared_error(name, data_dir)
     env = dict(os.environ)
     # The child must import this package even from an uninstalled checkout...
@@ -136,14 +173,19 @@ def ensure_prepared(name: str, data_dir: str) -> None:
     # ...and must leave the accelerators to the training process.
     env["CUDA_VISIBLE_DEVICES"] = ""
     result = subprocess.run(
-        prepare_command(name, data_dir), env=env, capture_output=True, text=True, check=False
+        prepare_command(name, data_dir, builder_kwargs),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    if result.returncode != 0 or prepared_dir(name, data_dir) is None:
+    if result.returncode != 0 or (done := prepared_dir(resolved, data_dir)) is None:
         raise DatasetPreparationError(
             f"Preparing dataset {name!r} in {data_dir} failed (exit code "
             f"{result.returncode}). Command: {' '.join(result.args)}\n"
-            f"Last lines of its stderr:\n{result.stderr[-3000:]}"
+            f"Last lines of its stderr:\n{result.stderr[-6000:]}"
         )
+    return done
 
 
 @contextlib.contextmanager
@@ -156,13 +198,17 @@ def _lock(data_dir: str, name: str):
         yield
 
 
-def prepare(name: str, data_dir: str, download: bool = False) -> pathlib.Path:
+def prepare(
+    name: str, data_dir: str, download: bool = False, builder_kwargs: dict | None = None
+) -> pathlib.Path:
     """Prepares `name` in `data_dir` in this process (imports TensorFlow).
 
-    Returns the version directory. Public datasets need `download=True`.
+    Returns the version directory. Public datasets need `download=True`; folder
+    datasets need `builder_kwargs`.
     """
+    name = resolve_name(name, builder_kwargs)
     base, version = _parse_name(name)
-    if base not in EMBEDDED and not download:
+    if _family(name) not in EMBEDDED and not download:
         if (done := prepared_dir(name, data_dir)) is not None:
             return done
         raise _not_prepared_error(name, data_dir)
@@ -172,12 +218,17 @@ def prepare(name: str, data_dir: str, download: bool = False) -> pathlib.Path:
             return done
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-        if base in EMBEDDED:
+        if _family(name) in EMBEDDED:
             # We hold the lock, so leftovers of killed runs are garbage.
             for stale in (pathlib.Path(data_dir) / base).glob(f"{_INCOMPLETE_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True)
+            extra = {}
+            if _family(name) in FOLDER_DATASETS:
+                extra["config"] = importlib.import_module(
+                    EMBEDDED[_family(name)].partition(":")[0]
+                ).make_config(**builder_kwargs)
             builder = builder_class(base)(
-                data_dir=data_dir, version=version, file_format="array_record"
+                data_dir=data_dir, version=version, file_format="array_record", **extra
             )
             config = tfds.download.DownloadConfig(try_download_gcs=False)
         else:
@@ -198,13 +249,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--download", action="store_true", help="allow downloading a public TFDS dataset"
     )
+    parser.add_argument("--path", help="folder datasets: the folder of images and captions")
+    parser.add_argument("--image_size", type=int, default=32, help="folder datasets: side")
+    parser.add_argument(
+        "--skip_bad", action="store_true", help="folder datasets: skip bad rows, do not fail"
+    )
     args = parser.parse_args(argv)
+    kwargs = None
+    if _family(args.dataset) in FOLDER_DATASETS:
+        kwargs = {"path": args.path, "image_size": args.image_size, "skip_bad": args.skip_bad}
     try:
-        path = prepare(args.dataset, args.data_dir, download=args.download)
-    except DatasetNotPreparedError as e:
+        path = prepare(args.dataset, args.data_dir, download=args.download, builder_kwargs=kwargs)
+    except (DatasetNotPreparedError, DatasetPreparationError, ValueError) as e:
         sys.exit(str(e))
     print(f"{args.dataset} is ready in {path}")
 
 
 if __name__ == "__main__":
-    main()
+    # Through the package module, so that the errors builders raise (its classes) are
+    # the ones `main` catches, not copies defined in `__main__`.
+    importlib.import_module("mmgen_jax.data.prepare").main()
