@@ -4,7 +4,9 @@ Run (trains on the embedded `digits_captions` data, ~15 min on 2 CPU cores):
     python -m mmgen_jax.main --config=configs/gan.py --workdir=runs/gan
 Variants: `configs/gan.py:smoke` (seconds; tests and CI), `configs/gan.py:dcgan32`
 (exactly the peer benchmark's architecture and step, ../shared/peers/SPEC.md),
-`configs/gan.py:folder` (your own data: --config.data.path=DIR); combine with commas.
+`configs/gan.py:folder` (your own data: --config.data.path=DIR), `cifar10`, `mnist` and
+`coco_captions` (public TFDS datasets: prepare them once, see README "Data"); combine with
+commas.
 Override any field: --config.train.num_steps=200 --config.data.data_dir=/data/tfds
 """
 
@@ -132,4 +134,38 @@ def _folder(c):
     c.train.aux_classifier_weight = 0.0  # user folders have no labels
 
 
-VARIANTS = {"smoke": _smoke, "dcgan32": _dcgan32, "folder": _folder}
+def _cifar10(c):
+    """CIFAR-10, 32x32; captions are made from the class name ("a photo of a cat", ...)."""
+    c.data.name = "cifar10"
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.image_size = 32
+    c.model.num_classes = 10  # `label` drives the auxiliary classifier
+
+
+def _mnist(c):
+    """MNIST digits as 32x32 RGB; captions from the digit ("a handwritten seven, ...")."""
+    c.data.name = "mnist"
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.image_size = 32
+    c.model.num_classes = 10
+
+
+def _coco_captions(c):
+    """COCO 2014 images, centre-cropped to 64x64, each with one of its ~5 real captions."""
+    c.data.name = "coco_captions/2014"  # explicit config: it names the prepared directory
+    c.data.train_split = "train"
+    c.data.eval_split = "val"
+    c.data.image_size = 64
+    c.train.aux_classifier_weight = 0.0  # no image-level label
+
+
+VARIANTS = {
+    "smoke": _smoke,
+    "dcgan32": _dcgan32,
+    "folder": _folder,
+    "cifar10": _cifar10,
+    "mnist": _mnist,
+    "coco_captions": _coco_captions,
+}

@@ -368,4 +368,5 @@ def test_preprocess_grayscale_non_square_and_class_name_text():
     example = {"image": image, "label": 3}
     out = pipeline.preprocess(example, 32, 16, label_names=["a", "b", "c", "cat"])
     assert out["image"].shape == (32, 32, 3) and np.allclose(out["image"], 1.0)
-    assert tokenizer.decode(out["text"]) == "cat" and out["label"] == 3
+    assert tokenizer.decode(out["text"]) == pipeline.class_caption("cat", 0) and out["label"] == 3
+    assert "cat" in tokenizer.decode(out["text"])

@@ -62,7 +62,7 @@ def _builder(name: str, data_dir: str | None, builder_kwargs: dict | None = None
 
 
 def _label_names(builder) -> list[str] | None:
-    """Class names of a `label` ClassLabel feature, used as text when uncaptioned."""
+    """Class names of a `label` ClassLabel feature, made into captions when uncaptioned."""
     features = builder.info.features
     if "label" in features and isinstance(features["label"], tfds.features.ClassLabel):
         return list(features["label"].names)
@@ -100,27 +100,70 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
     return image
 
 
-def caption_of(example: dict, label_names: Sequence[str] | None = None) -> str:
-    """The example's caption; else its class name (if known); else ''."""
+# Texts for datasets whose only text is a class label (cifar10, mnist): one template per
+# example, picked from its stream index, so the captions vary but a resumed run sees the same.
+_CLASS_TEMPLATES = ("a photo of {a} {name}", "a small {name}", "an image of {a} {name}")
+_DIGIT_TEMPLATES = (
+    "a handwritten {word}, the digit {name}",
+    "the digit {name}",
+    "a handwritten {name}",
+)
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def _pick(index: int, n: int) -> int:
+    """A choice in [0, n) that depends only on `index`, hashed so that neighbours differ."""
+    return int(np.random.SeedSequence(int(index)).generate_state(1)[0] % n)
+
+
+def _as_str(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def class_caption(name: str, index: int = 0) -> str:
+    """A caption for class `name` (digit classes read as digits), chosen by `index`."""
+    name = name.replace("_", " ")
+    if name in tuple("0123456789"):
+        template = _DIGIT_TEMPLATES[_pick(index, len(_DIGIT_TEMPLATES))]
+        return template.format(name=name, word=_DIGIT_WORDS[int(name)])
+    template = _CLASS_TEMPLATES[_pick(index, len(_CLASS_TEMPLATES))]
+    return template.format(name=name, a="an" if name[:1] in tuple("aeiou") else "a")
+
+
+def caption_of(example: dict, label_names: Sequence[str] | None = None, index: int = 0) -> str:
+    """The example's caption.
+
+    A `caption` feature is used as is; a `captions/text` sequence (e.g. coco_captions, several
+    per image) gives one caption picked by `index`, the example's stream position, so it
+    varies across epochs yet is reproducible; a class `label` gives a templated caption
+    (`class_caption`); otherwise ''.
+    """
     if "caption" in example:
-        value = example["caption"]
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        return _as_str(example["caption"])
+    captions = example.get("captions")
+    if isinstance(captions, dict) and "text" in captions:
+        texts = captions["text"]
+        return _as_str(texts[_pick(index, len(texts))]) if len(texts) else ""
     if label_names is not None and "label" in example:
-        return label_names[int(example["label"])]
+        return class_caption(label_names[int(example["label"])], index)
     return ""
 
 
 def preprocess(
-    example: dict, image_size: int, max_text_len: int, label_names: Sequence[str] | None = None
+    example: dict,
+    image_size: int,
+    max_text_len: int,
+    label_names: Sequence[str] | None = None,
+    index: int = 0,
 ) -> dict:
     """One source example -> dict of numpy values (no batch dimension).
 
-    `text` encodes `caption_of(example, label_names)`: a dataset without captions
-    but with class names gets the class name as its text.
+    `text` encodes `caption_of(example, label_names, index)`: `index` (the example's stream
+    position) picks among several captions or caption templates.
     """
     image = _square(_to_rgb(np.asarray(example["image"])), image_size)
     out = {"image": image.astype(np.float32) / 127.5 - 1.0}
-    out["text"] = tokenizer.encode(caption_of(example, label_names), max_text_len)
+    out["text"] = tokenizer.encode(caption_of(example, label_names, index), max_text_len)
     for key in _OPTIONAL_INT_KEYS:
         if key in example:
             out[key] = np.int32(example[key])
@@ -200,7 +243,7 @@ class TrainStream:
 
         def to_batch_element(indexed: tuple[int, dict]) -> dict:
             index, example = indexed
-            out = preprocess(example, image_size, max_text_len, label_names)
+            out = preprocess(example, image_size, max_text_len, label_names, index)
             out["index"] = np.int64(index)
             return out
 
@@ -272,9 +315,15 @@ def eval_batch(
             f"{name}/{split}, which has {len(source)}."
         )
     label_names = _label_names(builder)
-    examples = [source[i] for i in range(offset, offset + num)]
-    rows = [preprocess(ex, image_size, max_text_len, label_names) for ex in examples]
+    indices = range(offset, offset + num)
+    examples = [source[i] for i in indices]
+    rows = [
+        preprocess(ex, image_size, max_text_len, label_names, i)
+        for ex, i in zip(examples, indices, strict=True)
+    ]
     batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
     batch["index"] = np.arange(offset, offset + num, dtype=np.int64)
-    batch["caption"] = [caption_of(ex, label_names) for ex in examples]
+    batch["caption"] = [
+        caption_of(ex, label_names, i) for ex, i in zip(examples, indices, strict=True)
+    ]
     return batch

@@ -67,6 +67,7 @@ class GAN:
         if m.text_encoder == "none":
             return PrecomputedText()
         return text_lib.TextEncoder(
+            max_len=self.config.data.max_text_len,
             embed_dim=m.text_embed_dim,
             width=m.text_width,
             num_layers=m.text_layers,
