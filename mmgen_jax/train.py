@@ -165,17 +165,16 @@ class _SampleGrid:
 
     def __init__(self, config, family, data_dir, workdir):
         t, d = config.train, config.data
-        source_kwargs = pipeline.builder_kwargs(d)
         # A user's folder may have fewer eval examples than the usual pool of 64.
-        available = len(pipeline.load_source(d.name, d.eval_split, data_dir, source_kwargs))
         examples = pipeline.eval_batch(
             name=d.name,
             data_dir=data_dir,
             split=d.eval_split,
             image_size=d.image_size,
             max_text_len=d.max_text_len,
-            num=min(max(64, t.sample_rows), available),
-            builder_kwargs=source_kwargs,
+            num=max(64, t.sample_rows),
+            builder_kwargs=pipeline.builder_kwargs(d),
+            at_most=True,
         )
         # Prefer captions the grid's font surely draws (ASCII), keep stored order.
         order = sorted(

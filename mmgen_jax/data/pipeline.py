@@ -301,14 +301,18 @@ def eval_batch(
     num: int,
     offset: int = 0,
     builder_kwargs: dict | None = None,
+    at_most: bool = False,
 ) -> dict:
     """Examples [offset, offset + num) of `split` in stored order, as one batch.
 
     Besides the training keys (`index` = position in the split), `caption` holds
-    the full (uncut) texts as a list of str.
+    the full (uncut) texts as a list of str. With `at_most`, a split with fewer
+    examples gives all it has instead of an error.
     """
     builder = _builder(name, data_dir, builder_kwargs)
     source = builder.as_data_source(split)
+    if at_most:
+        num = min(num, len(source) - offset)
     if offset < 0 or num < 1 or offset + num > len(source):
         raise ValueError(
             f"Asked for examples [{offset}, {offset + num}) of "
