@@ -12,6 +12,8 @@ Override any field: --config.train.num_steps=200 --config.data.data_dir=/data/tf
 
 import ml_collections
 
+from mmgen_jax.evaluation import settings as eval_settings
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -74,6 +76,14 @@ def get_config(arg=None):
     t.sample_every = 1000  # steps between sample grids
     t.sample_rows = 8  # captions in a sample grid
     t.sample_cols = 4  # generated images per caption in a sample grid
+    # Steps between evaluations (FD/KID/P-R/consistency on eval.train_num_samples captions,
+    # best checkpoint kept in WORKDIR/best/); 0 = off. Needs the domain evaluator trained
+    # first (README "Evaluation").
+    t.eval_every = 0
+
+    # How runs are measured, during training and by `python -m mmgen_jax.evaluate`; each
+    # field is explained in mmgen_jax/evaluation/settings.py.
+    c.eval = eval_settings.defaults()
 
     if arg:
         for variant in arg.split(","):
@@ -102,6 +112,11 @@ def _smoke(c):
     c.train.sample_every = 3
     c.train.sample_rows = 2
     c.train.sample_cols = 2
+    c.eval.num_samples = 64
+    c.eval.train_num_samples = 32
+    c.eval.kid_subsets = 4
+    c.eval.kid_subset_size = 16
+    c.eval.batch_size = 32
 
 
 def _dcgan32(c):

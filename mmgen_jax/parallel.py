@@ -10,7 +10,8 @@ import collections
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
 
@@ -93,3 +94,48 @@ class Prefetcher:
             self._queue.append((batch, self._stream.get_state()))
         batch, self.state = self._queue.popleft()
         return batch
+
+
+class BatchedMap:
+    """`fn(shared, *rows) -> rows` over arrays of any length: fixed-size batches, each split
+    over the devices of `mesh` (default: this process's devices), for inference.
+
+    `shared` (e.g. variables and a key) is replicated; every array is cut along axis 0 into
+    batches of `batch_size` rows (rounded up to a multiple of the device count), the last one
+    padded so that one program serves all; the outputs (a pytree of arrays with a row axis)
+    come back as numpy, the padding dropped. `fn` must treat rows independently.
+    """
+
+    def __init__(self, fn, mesh: Mesh | None = None):
+        self.mesh = make_mesh(jax.local_devices()) if mesh is None else mesh
+        self._fn = jax.jit(
+            lambda shared, *rows: jax.shard_map(
+                fn,
+                mesh=self.mesh,
+                in_specs=(P(),) + (P(AXIS),) * len(rows),
+                out_specs=P(AXIS),
+                check_vma=False,
+            )(shared, *rows)
+        )
+
+    def __call__(self, shared, *arrays, batch_size):
+        devices = self.mesh.size
+        batch_size = -(-batch_size // devices) * devices
+        n = len(arrays[0])
+        if any(len(a) != n for a in arrays):
+            raise ValueError(f"arrays of different lengths: {[len(a) for a in arrays]}")
+        shared = replicate(_single_copy(shared), self.mesh)
+        outputs = []
+        for start in range(0, n, batch_size):
+            rows = [np.asarray(a[start : start + batch_size]) for a in arrays]
+            real = len(rows[0])
+            rows = [np.concatenate([r, np.repeat(r[-1:], batch_size - real, 0)]) for r in rows]
+            out = self._fn(shared, *(jax.device_put(r, batch_sharding(self.mesh)) for r in rows))
+            outputs.append(jax.tree.map(lambda x, m=real: np.asarray(x)[:m], out))
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def _single_copy(tree):
+    """One device's copy of a replicated pytree (a training state spans every process's
+    devices; inference here runs on this process's own)."""
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)

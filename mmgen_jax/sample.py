@@ -12,14 +12,12 @@ whatever the batch size.
 import json
 import os
 
-import jax
-import ml_collections
-import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from mmgen_jax import checkpoint, families, writers
+from mmgen_jax import writers
 from mmgen_jax.data import tokenizer
+from mmgen_jax.runs import generate_from_tokens, load_run
 
 flags.DEFINE_string("workdir", None, "A training run's directory.")
 flags.DEFINE_string("captions_file", None, "UTF-8 text file, one caption per line.")
@@ -29,47 +27,19 @@ flags.DEFINE_integer("num", 16, "Images in the quick grid (rounded up to rows of
 flags.DEFINE_string("out", None, "Path of the quick grid PNG.")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_integer("batch_size", 256, "Images generated per device call.")
+flags.DEFINE_integer(
+    "batch_size",
+    256,
+    "Images generated per call, split over the devices (rounded up to a multiple).",
+)
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
-
-
-def load_run(workdir, step=None):
-    """(config, family, sampling variables) of the run in `workdir`."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{workdir} is not a training run (no config.json); pass the "
-            f"--workdir of a `python -m mmgen_jax.main` run"
-        )
-    with open(path, encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    family = families.get(config.model.family)(config)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-    try:
-        rng = jax.random.PRNGKey(config.seed)
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = checkpoint.abstract(jax.eval_shape(family.init, rng), device)
-        state, _ = ckpt.restore(target, step)
-    finally:
-        ckpt.close()
-    return config, family, family.sampling_variables(state)
 
 
 def generate(family, variables, captions, max_text_len, seed=0, batch_size=256):
     """uint8 images (N, H, W, 3) for N captions; image i uses noise index i."""
     tokens = tokenizer.encode_batch(captions, max_text_len)
-    key = jax.random.PRNGKey(seed)
-    run = jax.jit(family.generate)
-    out = []
-    for start in range(0, len(captions), batch_size):
-        stop = min(start + batch_size, len(captions))
-        # Pad the last batch to the full size so it reuses the compiled program.
-        idx = np.arange(start, start + batch_size, dtype=np.uint32)
-        tok = np.zeros((batch_size, tokens.shape[1]), np.int32)
-        tok[: stop - start] = tokens[start:stop]
-        out.append(np.asarray(run(variables, tok, key, idx))[: stop - start])
-    return writers.to_uint8(np.concatenate(out))
+    return writers.to_uint8(generate_from_tokens(family, variables, tokens, seed, batch_size))
 
 
 def read_captions(path):

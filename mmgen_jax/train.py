@@ -10,6 +10,7 @@ import numpy as np
 
 from mmgen_jax import checkpoint, families, parallel, writers
 from mmgen_jax.data import pipeline, prepare
+from mmgen_jax.evaluation import during_training
 
 # Fields that may change between a run and its resumption; any other change means a
 # different experiment, which needs its own workdir.
@@ -19,6 +20,7 @@ RESUMABLE_CHANGES = (
     "train.checkpoint_every",
     "train.max_to_keep",
     "train.sample_every",
+    "train.eval_every",
     "data.data_dir",
     "data.num_threads",
     "data.prefetch",
@@ -32,7 +34,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
     Returns the final state.
     """
-    if config.model.text_encoder == "none":
+    if config.model.get("text_encoder") == "none":
         raise ValueError(
             "model.text_encoder='none' feeds precomputed caption embeddings and serves the "
             "benchmark (configs/gan.py:dcgan32); to train on captions set "
@@ -85,7 +87,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     )
     writer = writers.MetricWriter(workdir, enabled=is_main)
     progress = writers.Progress(num_steps, start, enabled=is_main)
-    samples = _SampleGrid(config, family, data_dir, workdir) if is_main else None
+    draws = hasattr(family, "generate")  # the domain evaluator draws nothing
+    samples = _SampleGrid(config, family, data_dir, workdir) if is_main and draws else None
+    evaluation = during_training.create(config, family, data_dir, workdir)
     stop = checkpoint.StopRequest()
     pending = []  # this interval's metrics, still on device: no sync per step
     t = config.train
@@ -113,12 +117,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                 ckpt.save(step, state, batches.state)
             if samples is not None and (step % t.sample_every == 0 or last):
                 samples.write(step, state, writer)
+            if evaluation is not None and (step % t.eval_every == 0 or last):
+                evaluation.run(step, state, batches.state, writer)
             if stopping:
                 log.warning("Stop requested (SIGTERM): saved step %d; exiting.", step)
                 break
     finally:
         ckpt.wait()  # an async save must complete before the process may exit
         ckpt.close()
+        if evaluation is not None:
+            evaluation.close()
         stop.restore_handlers()
         progress.close()
         writer.close()
@@ -214,7 +222,9 @@ def _write_run_files(config, workdir, is_main, resuming):
         changed = sorted(
             k
             for k in set(saved) | set(current)
-            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES
+            if saved.get(k) != current.get(k)
+            and k not in RESUMABLE_CHANGES
+            and not k.startswith("eval.")  # how a run is measured, not what it learns
         )
         if changed:
             raise ValueError(

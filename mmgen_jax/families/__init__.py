@@ -1,8 +1,9 @@
 """Model families: each maps a config to state, init, a per-device train step and generation."""
 
+from mmgen_jax.families.evaluator import Evaluator
 from mmgen_jax.families.gan import GAN
 
-FAMILIES = {"gan": GAN}
+FAMILIES = {"gan": GAN, "evaluator": Evaluator}
 
 
 def get(name):

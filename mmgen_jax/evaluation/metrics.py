@@ -1,0 +1,132 @@
+"""Distances between two sets of features, and text->image attribute consistency.
+
+Pure functions of numpy arrays. They run in float64 numpy rather than jitted JAX: the sets
+are a few thousand 128-d vectors, so the work is a few milliseconds to seconds, and these
+metrics subtract large nearly equal sums (Fréchet distance, unbiased MMD), where float32
+(JAX's default) loses the digits that matter.
+"""
+
+import numpy as np
+
+
+def _features(x, name, at_least):
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be (num_samples, feature_dim), got shape {x.shape}")
+    if len(x) < at_least:
+        raise ValueError(f"{name} has {len(x)} samples; this metric needs at least {at_least}")
+    return x
+
+
+def _psd_sqrt(sigma):
+    """Square root of a symmetric positive semi-definite matrix (eigenvalues clipped at 0)."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2):
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)).
+
+    tr((S1 S2)^(1/2)) is computed as the sum of the square roots of the eigenvalues of the
+    symmetric PSD matrix S1^(1/2) S2 S1^(1/2), which has the eigenvalues of S1 S2. That needs
+    no regularising epsilon for singular covariances (rank < dim, e.g. fewer samples than
+    dimensions, or dead ReLU features) and never produces complex parts.
+    """
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    root1 = _psd_sqrt(np.asarray(sigma1, np.float64))
+    product = root1 @ np.asarray(sigma2, np.float64) @ root1
+    eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
+    trace_sqrt = np.sum(np.sqrt(np.clip(eigenvalues, 0, None)))
+    fd = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
+    return float(max(fd, 0.0))  # identical sets give 0 up to rounding, never below
+
+
+def frechet_distance(x, y):
+    """Fréchet distance between Gaussians fitted to feature sets x (N, D) and y (M, D)."""
+    x, y = _features(x, "x", 2), _features(y, "y", 2)
+    return frechet_distance_from_stats(
+        x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
+    )
+
+
+def _polynomial_kernel(a, b):
+    """k(a, b) = (a.b / dim + 1)^3, the kernel of KID (Bińkowski et al., 2018)."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def mmd2_unbiased(x, y):
+    """Unbiased MMD^2 between samples x (m, D) and y (m, D) under the polynomial kernel."""
+    m = len(x)
+    k_xx, k_yy, k_xy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
+    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(within - 2.0 * k_xy.mean())
+
+
+def kernel_inception_distance(x, y, num_subsets=50, subset_size=500, seed=0):
+    """KID: unbiased MMD^2 averaged over `num_subsets` random subsets of `subset_size` of
+    each set (without replacement within a subset). Returns (mean, std over subsets)."""
+    x, y = _features(x, "x", 2), _features(y, "y", 2)
+    if subset_size < 2:
+        raise ValueError(f"KID subset_size must be at least 2, got {subset_size}")
+    if min(len(x), len(y)) < subset_size:
+        raise ValueError(
+            f"KID needs at least subset_size={subset_size} samples per set, got {len(x)} and "
+            f"{len(y)}: lower eval.kid_subset_size or raise the number of samples"
+        )
+    rng = np.random.default_rng(seed)
+    values = [
+        mmd2_unbiased(
+            x[rng.choice(len(x), subset_size, replace=False)],
+            y[rng.choice(len(y), subset_size, replace=False)],
+        )
+        for _ in range(num_subsets)
+    ]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _pairwise_distances(a, b):
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.clip(squared, 0, None))
+
+
+def _knn_radii(x, k):
+    """Distance of each row of x to its k-th nearest other row."""
+    distances = _pairwise_distances(x, x)
+    return np.sort(distances, axis=1)[:, k]  # column 0 is the row itself (distance 0)
+
+
+def precision_recall(real, fake, k=3):
+    """Improved precision and recall (Kynkäänniemi et al., 2019) with k-NN manifolds.
+
+    Each set's manifold is the union of balls around its samples reaching their k-th nearest
+    neighbour. Precision: share of fakes inside the real manifold (are fakes realistic?).
+    Recall: share of reals inside the fake manifold (is the real variety covered?).
+    """
+    real, fake = _features(real, "real", k + 1), _features(fake, "fake", k + 1)
+    cross = _pairwise_distances(fake, real)  # (fakes, reals)
+    precision = np.mean((cross <= _knn_radii(real, k)[None, :]).any(axis=1))
+    recall = np.mean((cross <= _knn_radii(fake, k)[:, None]).any(axis=0))
+    return float(precision), float(recall)
+
+
+def consistency(predicted, targets, held_out=None):
+    """Share of images whose predicted attributes all equal the targets.
+
+    predicted, targets: {attribute: int array (N,)} with the same keys. Returns
+    `consistency` (all attributes at once), `consistency_<attribute>` (each alone) and, with
+    a boolean `held_out` (N,), `consistency_seen` / `consistency_held_out` for the
+    combinations present in / absent from the training split (a group with no images is
+    left out).
+    """
+    if set(predicted) != set(targets):
+        raise ValueError(f"predicted {sorted(predicted)} and target {sorted(targets)} differ")
+    right = {k: np.asarray(predicted[k]) == np.asarray(targets[k]) for k in targets}
+    every = np.logical_and.reduce(list(right.values()))
+    out = {"consistency": float(every.mean())}
+    out.update({f"consistency_{k}": float(v.mean()) for k, v in right.items()})
+    if held_out is not None:
+        held_out = np.asarray(held_out, bool)
+        for name, group in (("seen", ~held_out), ("held_out", held_out)):
+            if group.any():
+                out[f"consistency_{name}"] = float(every[group].mean())
+    return out

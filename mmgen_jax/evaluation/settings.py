@@ -1,0 +1,41 @@
+"""The `eval` section of a generative config: how runs are measured.
+
+Shared by the configs (`c.eval = settings.defaults()`) and by `mmgen_jax.evaluate`, which
+fills fields a run's saved config.json lacks (runs trained before a field existed) from here.
+"""
+
+import ml_collections
+
+
+def defaults() -> ml_collections.ConfigDict:
+    e = ml_collections.ConfigDict()
+    # Workdir of the domain evaluator (train it: python -m mmgen_jax.main
+    # --config=configs/evaluator.py --workdir=runs/evaluator); relative paths are taken from
+    # the current directory.
+    e.evaluator_workdir = "runs/evaluator"
+    e.extractor = "evaluator"  # feature network for FD/KID/P-R: "evaluator" or "inception_v3"
+    e.extractor_file = ""  # inception_v3: the user's exported feature function (see README)
+    e.num_samples = 1800  # evaluate: test captions (and real test images) used, at most all
+    e.train_num_samples = 500  # the same during training (every train.eval_every steps)
+    e.reference_split = "train"  # real images of the reference row, compared with real test
+    e.kid_subsets = 50  # KID: random subsets averaged (mean and std reported)
+    e.kid_subset_size = 500  # KID: samples per subset; needs at least this many per side
+    e.pr_k = 3  # precision/recall: k of the k-nearest-neighbour manifolds
+    e.batch_size = 256  # images per device call (rounded up to a multiple of the devices)
+    e.seed = 0  # noise seed of the generated images (image i uses fold_in(key, i))
+    e.best_metric = "fd_digits"  # metric that picks the best checkpoint (WORKDIR/best/)
+    e.best_mode = "min"  # "min" or "max": which direction of best_metric is better
+    return e
+
+
+def with_defaults(section) -> ml_collections.ConfigDict:
+    """`section` (a dict or ConfigDict, possibly missing fields) completed from `defaults()`;
+    returns (completed, names of the fields that were missing)."""
+    full = defaults()
+    given = dict(section or {})
+    unknown = sorted(set(given) - set(full))
+    if unknown:
+        raise ValueError(f"unknown eval field(s) {unknown}; known: {sorted(full)}")
+    missing = sorted(set(full) - set(given))
+    full.update(given)
+    return full, missing

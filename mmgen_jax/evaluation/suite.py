@@ -1,0 +1,184 @@
+"""Measuring a generative run: images generated from test captions against the real test
+images (FD, KID, precision/recall in a feature network's space; attribute consistency read
+by the domain evaluator), the same numbers for real reference images (the ceiling), and,
+for families that also write captions, image->text and joint metrics.
+"""
+
+import jax
+import numpy as np
+
+from mmgen_jax import parallel, runs
+from mmgen_jax.data import pipeline, tokenizer
+from mmgen_jax.evaluation import captions, extractors, metrics
+
+
+def load_split(run_config, split, num, data_dir):
+    """The first `num` examples (at most all) of `split` of the run's dataset, one batch."""
+    d = run_config.data
+    return pipeline.eval_batch(
+        name=d.name,
+        data_dir=data_dir,
+        split=split,
+        image_size=d.image_size,
+        max_text_len=d.max_text_len,
+        num=num,
+        builder_kwargs=pipeline.builder_kwargs(d),
+        at_most=True,
+    )
+
+
+class Suite:
+    """The real test set read once (its features and attributes), then any number of
+    generated sets measured against it.
+
+    `settings` is a run's `eval` section (see `settings.defaults()`); `num_samples` test
+    examples (at most the split) are used.
+    """
+
+    def __init__(self, run_config, settings, num_samples, data_dir):
+        self.config, self.settings, self.data_dir = run_config, settings, data_dir
+        self.extractor = extractors.get(settings.extractor, settings)
+        # Consistency always reads attributes with the domain evaluator.
+        self.judge = (
+            self.extractor
+            if settings.extractor == "evaluator"
+            else extractors.get("evaluator", settings)
+        )
+        self.judge.check_dataset(run_config.data.name)
+        self.test = load_split(run_config, run_config.data.eval_split, num_samples, data_dir)
+        missing = [h for h in self.judge.heads if h not in self.test]
+        if missing:
+            raise ValueError(
+                f"the evaluator reads {missing}, which {run_config.data.name!r}/"
+                f"{run_config.data.eval_split} does not store"
+            )
+        self.num = len(self.test["caption"])
+        if self.num < settings.kid_subset_size:
+            raise ValueError(
+                f"{self.num} test examples are fewer than eval.kid_subset_size="
+                f"{settings.kid_subset_size}: lower it (or raise the number of samples)"
+            )
+        self.targets = {h: self.test[h] for h in self.judge.heads}
+        self.real_features, _ = self.extractor(self.test["image"])
+        self._generators = {}  # family -> compiled BatchedMap, reused between calls
+
+    def names(self):
+        """Metric names this suite reports for a generator (best_metric must be one)."""
+        tag = self.extractor.tag
+        names = [f"fd_{tag}", f"kid_{tag}", f"kid_{tag}_std", f"precision_{tag}", f"recall_{tag}"]
+        names += ["consistency"] + [f"consistency_{h}" for h in self.judge.heads]
+        if "held_out" in self.test:
+            names += ["consistency_seen", "consistency_held_out"]
+        return names
+
+    def read(self, images):
+        """(features in the distance space, evaluator's attribute predictions)."""
+        features, predicted = self.extractor(images)
+        if self.judge is not self.extractor:
+            _, predicted = self.judge(images)
+        return features, predicted
+
+    def distances(self, features):
+        """FD, KID (mean, std) and precision/recall of `features` against the real test set."""
+        s, tag = self.settings, self.extractor.tag
+        kid, kid_std = metrics.kernel_inception_distance(
+            features, self.real_features, s.kid_subsets, s.kid_subset_size, seed=s.seed
+        )
+        precision, recall = metrics.precision_recall(self.real_features, features, s.pr_k)
+        return {
+            f"fd_{tag}": metrics.frechet_distance(features, self.real_features),
+            f"kid_{tag}": kid,
+            f"kid_{tag}_std": kid_std,
+            f"precision_{tag}": precision,
+            f"recall_{tag}": recall,
+        }
+
+    def measure_images(self, images):
+        """All image metrics of images drawn for the test captions (row i for caption i)."""
+        features, predicted = self.read(images)
+        return {
+            **self.distances(features),
+            **metrics.consistency(predicted, self.targets, self.test.get("held_out")),
+        }
+
+    def generate(self, family, variables):
+        """Images from the test captions; image i uses noise fold_in(PRNGKey(seed), i)."""
+        if family not in self._generators:
+            self._generators[family] = runs.generator(family)
+        return runs.generate_from_tokens(
+            family,
+            variables,
+            self.test["text"],
+            self.settings.seed,
+            self.settings.batch_size,
+            run=self._generators[family],
+        )
+
+    def measure_run(self, family, variables):
+        """Every metric of a trained family: images from test captions and, where the family
+        writes captions (`describe`, `joint`), image->text and joint coherence."""
+        out = self.measure_images(self.generate(family, variables))
+        if hasattr(family, "describe"):
+            out.update(self.image_to_text(family, variables))
+        if hasattr(family, "joint"):
+            out.update(self.joint(family, variables))
+        return out
+
+    def reference(self, split):
+        """The ceiling: real images of `split` measured as if they were generated."""
+        real = load_split(self.config, split, self.num, self.data_dir)
+        features, predicted = self.read(real["image"])
+        targets = {h: real[h] for h in self.judge.heads}
+        return {
+            **self.distances(features),
+            **metrics.consistency(predicted, targets, real.get("held_out")),
+            "num": len(real["caption"]),
+        }
+
+    # ---- families that also write captions (the multimodal VAE) --------------------------
+    def _key(self):
+        return jax.random.PRNGKey(self.settings.seed)
+
+    def image_to_text(self, family, variables):
+        """Captions the family writes for the real test images (greedy): BLEU-4 against the
+        test captions and, for digits_captions text, the share stating each attribute right."""
+        describe = parallel.BatchedMap(
+            lambda shared, images, idx: family.describe(shared[0], images, shared[1], idx)
+        )
+        tokens = describe(
+            (variables, self._key()),
+            self.test["image"],
+            np.arange(self.num, dtype=np.uint32),
+            batch_size=self.settings.batch_size,
+        )
+        texts = [tokenizer.decode(t) for t in tokens]
+        out = {"caption_bleu4": captions.corpus_bleu4(texts, self.test["caption"])}
+        if self.config.data.name == "digits_captions":
+            stated = [captions.parse_attributes(t) for t in texts]
+            out["caption_parsed"] = float(np.mean([s is not None for s in stated]))
+            for head in self.targets:
+                said = np.array([-1 if s is None else s[head] for s in stated])
+                out[f"caption_{head}"] = float(np.mean(said == self.targets[head]))
+        return out
+
+    def joint(self, family, variables):
+        """Joint samples (image, caption): the share whose caption states exactly the
+        attributes the evaluator reads in the image (unparsable captions count as wrong)."""
+        if self.config.data.name != "digits_captions":
+            return {}
+        sample = parallel.BatchedMap(lambda shared, idx: family.joint(shared[0], shared[1], idx))
+        images, tokens = sample(
+            (variables, self._key()),
+            np.arange(self.num, dtype=np.uint32),
+            batch_size=self.settings.batch_size,
+        )
+        _, predicted = self.judge(images)
+        stated = [captions.parse_attributes(tokenizer.decode(t)) for t in tokens]
+        agree = [
+            s is not None and all(s[h] == predicted[h][i] for h in self.judge.heads)
+            for i, s in enumerate(stated)
+        ]
+        return {
+            "joint_coherence": float(np.mean(agree)),
+            "joint_parsed": float(np.mean([s is not None for s in stated])),
+        }

@@ -1,0 +1,115 @@
+"""The domain evaluator as a family: an attribute classifier trained by the usual loop.
+
+Trained with `python -m mmgen_jax.main --config=configs/evaluator.py --workdir=runs/evaluator`,
+so checkpoints, resumption and progress come from `train.train_and_evaluate`. It has no
+`generate`: the loop draws no sample grids for it. Its features and attribute predictions
+are read by `mmgen_jax.evaluation.extractors`.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmgen_jax import losses
+from mmgen_jax.models.classifier import AttributeClassifier
+
+
+@flax.struct.dataclass
+class EvaluatorState:
+    step: jax.Array  # int32 scalar: optimisation steps taken
+    rng: jax.Array  # raw uint32 PRNG key; per step and example via fold_in (augmentation)
+    params: Any
+    opt_state: Any
+
+
+class Evaluator:
+    """An attribute classifier: one head per `config.model.heads` entry ({feature: classes})."""
+
+    def __init__(self, config, axis_name="data"):
+        self.config = config
+        self.axis_name = axis_name
+        m = config.model
+        self.heads = {name: int(k) for name, k in m.heads.items()}
+        self.net = AttributeClassifier(heads=self.heads, width=m.width, feature_dim=m.feature_dim)
+        self.tx = optax.adam(config.train.lr)
+
+    def init(self, rng) -> EvaluatorState:
+        key_net, key_run = jax.random.split(rng)
+        size = self.config.data.image_size
+        params = self.net.init(key_net, jnp.zeros((1, size, size, 3), jnp.float32))["params"]
+        return EvaluatorState(
+            step=jnp.zeros((), jnp.int32),
+            rng=key_run,
+            params=params,
+            opt_state=self.tx.init(params),
+        )
+
+    def device_batch(self, batch):
+        """Images, the attribute of each head and the stream index (for augmentation)."""
+        missing = [name for name in self.heads if name not in batch]
+        if missing:
+            raise ValueError(
+                f"config.model.heads names {missing}, which dataset "
+                f"{self.config.data.name!r} does not provide (its batch has "
+                f"{sorted(k for k in batch if k not in ('image', 'text', 'index'))}); "
+                f"list only the dataset's attributes in --config.model.heads"
+            )
+        out = {"image": batch["image"], "index": (batch["index"] % 2**32).astype("uint32")}
+        for name, k in self.heads.items():
+            values = np.asarray(batch[name])
+            if values.min() < 0 or values.max() >= k:
+                raise ValueError(
+                    f"attribute {name!r} has value {values.max()} but config.model.heads gives "
+                    f"it {k} classes; set it to the dataset's number of classes"
+                )
+            out[name] = values.astype("int32")
+        return out
+
+    def augment(self, key, images, index):
+        """Random shifts of up to `augment_shift` pixels (edge-padded) and Gaussian pixel
+        noise, per example from its stream index: the evaluator must also read the
+        slightly displaced, noisy images a generator draws."""
+        t = self.config.train
+        s = t.augment_shift
+
+        def one(image, i):
+            k_shift, k_noise = jax.random.split(jax.random.fold_in(key, i))
+            if s:
+                padded = jnp.pad(image, ((s, s), (s, s), (0, 0)), mode="edge")
+                dy, dx = jax.random.randint(k_shift, (2,), 0, 2 * s + 1)
+                image = jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
+            return image + t.augment_noise * jax.random.normal(k_noise, image.shape)
+
+        return jax.vmap(one)(images, index)
+
+    def train_step(self, state: EvaluatorState, batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        images = self.augment(key, batch["image"], batch["index"])
+
+        def loss_fn(params):
+            _, logits = self.net.apply({"params": params}, images)
+            per_head = {n: losses.classification_loss(logits[n], batch[n]) for n in self.heads}
+            accuracy = {
+                f"acc_{n}": jnp.mean(jnp.argmax(logits[n], -1) == batch[n]) for n in self.heads
+            }
+            return sum(per_head.values()), accuracy
+
+        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = jax.lax.pmean(grads, self.axis_name)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = jax.lax.pmean({"loss": loss, **accuracy}, self.axis_name)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def sampling_variables(self, state: EvaluatorState):
+        """The variables the classifier runs with (the name every family shares)."""
+        return {"params": state.params}
+
+    def features_and_predictions(self, variables, images):
+        """images in [-1, 1] -> (penultimate features, {head: predicted class int32})."""
+        features, logits = self.net.apply(variables, images)
+        return features, {n: jnp.argmax(v, -1).astype(jnp.int32) for n, v in logits.items()}
