@@ -33,6 +33,9 @@ def get_config(arg=None):
     # One softmax head per attribute the dataset stores: {feature name: number of classes}
     # (digits_captions: the digit `label`, foreground `fg` and background `bg` colours).
     m.heads = ml_collections.ConfigDict({"label": 10, "fg": 6, "bg": 6})
+    # Heads whose class does not depend on colour (the digit): they also learn from
+    # recoloured images (train.recolour_prob), so they read shape rather than colour.
+    m.colour_invariant_heads = ("label",)
     m.width = 32  # channels of the first convolution (doubling twice)
     m.feature_dim = 128  # penultimate features: the space of FD, KID, precision/recall
 
@@ -42,11 +45,13 @@ def get_config(arg=None):
     t.lr = 1e-3  # Adam learning rate
     t.augment_shift = 2  # random shifts of up to this many pixels (0 = off)
     t.augment_noise = 0.1  # std of Gaussian pixel noise added to images in [-1, 1]
+    t.recolour_prob = 0.5  # share of images with permuted / negated RGB (0 = off)
     t.log_every = 100  # steps between metric lines
     t.checkpoint_every = 500  # steps between (asynchronous) checkpoints
     t.max_to_keep = 1  # checkpoints kept on disk
     t.sample_every = 0  # unused: the evaluator draws no samples
     t.eval_every = 1000  # steps between test-accuracy measurements (and at the end)
+    t.eval_examples = 100_000  # test examples measured (at most the whole eval split)
 
     if arg:
         for variant in arg.split(","):
@@ -68,6 +73,7 @@ def _smoke(c):
     c.train.log_every = 2
     c.train.checkpoint_every = 3
     c.train.eval_every = 3
+    c.train.eval_examples = 64
 
 
 VARIANTS = {"smoke": _smoke}

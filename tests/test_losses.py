@@ -80,6 +80,9 @@ def test_classification_loss():
     z0 = math.exp(2.0) + 1 + math.exp(-1.0)
     want = (-(2.0 - math.log(z0)) + math.log(3.0)) / 2
     np.testing.assert_allclose(losses.classification_loss(logits, labels), want, rtol=1e-6)
+    # Weighted: only the second row counts.
+    weighted = losses.classification_loss(logits, labels, jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(weighted, math.log(3.0), rtol=1e-6)
 
 
 def test_contrastive_loss_picks_the_own_row():

@@ -43,7 +43,9 @@ class ClassifierAccuracy:
     def __init__(self, config, family, data_dir, workdir):
         self.family, self.workdir = family, workdir
         self.is_main = jax.process_index() == 0
-        self.test = suite.load_split(config, config.data.eval_split, 10**9, data_dir)
+        self.test = suite.load_split(
+            config, config.data.eval_split, config.train.eval_examples, data_dir
+        )
         self._map = parallel.BatchedMap(family.features_and_predictions)
 
     def run(self, step, state, data_state, writer):

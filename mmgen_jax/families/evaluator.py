@@ -34,6 +34,12 @@ class Evaluator:
         self.axis_name = axis_name
         m = config.model
         self.heads = {name: int(k) for name, k in m.heads.items()}
+        unknown = sorted(set(m.colour_invariant_heads) - set(self.heads))
+        if unknown:
+            raise ValueError(
+                f"config.model.colour_invariant_heads names {unknown}, not heads "
+                f"({sorted(self.heads)}); list only names in config.model.heads"
+            )
         self.net = AttributeClassifier(heads=self.heads, width=m.width, feature_dim=m.feature_dim)
         self.tx = optax.adam(config.train.lr)
 
@@ -70,31 +76,50 @@ class Evaluator:
         return out
 
     def augment(self, key, images, index):
-        """Random shifts of up to `augment_shift` pixels (edge-padded) and Gaussian pixel
-        noise, per example from its stream index: the evaluator must also read the
-        slightly displaced, noisy images a generator draws."""
+        """-> (augmented images, (B,) 1.0 where the colours are untouched, else 0.0).
+
+        Per example, from its stream index: a random shift of up to `augment_shift` pixels
+        (edge-padded), Gaussian pixel noise, and with probability `recolour_prob` a random
+        permutation of the RGB channels and/or negation (the complementary colours). Only
+        the `colour_invariant_heads` learn from recoloured images, so a digit is read from
+        its shape: with colours as a cue, the digit head erred more on colour combinations
+        absent from training (held-out) than on seen ones.
+        """
         t = self.config.train
         s = t.augment_shift
 
         def one(image, i):
-            k_shift, k_noise = jax.random.split(jax.random.fold_in(key, i))
+            k_shift, k_noise, k_colour, k_perm, k_sign = jax.random.split(
+                jax.random.fold_in(key, i), 5
+            )
             if s:
                 padded = jnp.pad(image, ((s, s), (s, s), (0, 0)), mode="edge")
                 dy, dx = jax.random.randint(k_shift, (2,), 0, 2 * s + 1)
                 image = jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
-            return image + t.augment_noise * jax.random.normal(k_noise, image.shape)
+            recolour = jax.random.bernoulli(k_colour, t.recolour_prob)
+            sign = jnp.where(jax.random.bernoulli(k_sign), -1.0, 1.0)
+            recoloured = sign * image[..., jax.random.permutation(k_perm, 3)]
+            image = jnp.where(recolour, recoloured, image)
+            noisy = image + t.augment_noise * jax.random.normal(k_noise, image.shape)
+            return noisy, 1.0 - recolour.astype(jnp.float32)
 
         return jax.vmap(one)(images, index)
 
     def train_step(self, state: EvaluatorState, batch):
         key = jax.random.fold_in(state.rng, state.step)
-        images = self.augment(key, batch["image"], batch["index"])
+        images, untouched = self.augment(key, batch["image"], batch["index"])
+        invariant = set(self.config.model.colour_invariant_heads)
+        weights = {n: None if n in invariant else untouched for n in self.heads}
 
         def loss_fn(params):
             _, logits = self.net.apply({"params": params}, images)
-            per_head = {n: losses.classification_loss(logits[n], batch[n]) for n in self.heads}
+            per_head = {
+                n: losses.classification_loss(logits[n], batch[n], weights[n]) for n in self.heads
+            }
+            # Train accuracy of each head on the images it learns from.
             accuracy = {
-                f"acc_{n}": jnp.mean(jnp.argmax(logits[n], -1) == batch[n]) for n in self.heads
+                f"acc_{n}": _weighted_mean(jnp.argmax(logits[n], -1) == batch[n], weights[n])
+                for n in self.heads
             }
             return sum(per_head.values()), accuracy
 
@@ -113,3 +138,10 @@ class Evaluator:
         """images in [-1, 1] -> (penultimate features, {head: predicted class int32})."""
         features, logits = self.net.apply(variables, images)
         return features, {n: jnp.argmax(v, -1).astype(jnp.int32) for n, v in logits.items()}
+
+
+def _weighted_mean(values, weights):
+    values = values.astype(jnp.float32)
+    if weights is None:
+        return jnp.mean(values)
+    return jnp.sum(weights * values) / jnp.maximum(jnp.sum(weights), 1e-6)

@@ -1,0 +1,120 @@
+"""The domain evaluator's training, evaluation during training, and `evaluate` end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, load_config
+
+from mmgen_jax import train
+from mmgen_jax.evaluation import report as evaluate
+
+
+@pytest.fixture(scope="module")
+def evaluator_dir(tmp_path_factory, data_dir):
+    config = load_config("evaluator", "smoke")
+    config.data.data_dir = data_dir
+    workdir = tmp_path_factory.mktemp("evaluator")
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def gan_dir(tmp_path_factory, data_dir, evaluator_dir):
+    """A smoke GAN run evaluated every 3 steps (and at its end, step 6)."""
+    config = load_config("gan", "smoke")
+    config.data.data_dir = data_dir
+    config.train.eval_every = 3
+    config.eval.evaluator_workdir = str(evaluator_dir)
+    config.eval.best_mode = "max"  # so that a later step is certain to count as best
+    config.eval.best_metric = "precision_digits"
+    workdir = tmp_path_factory.mktemp("gan")
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_evaluator_trains_and_writes_its_test_accuracy(evaluator_dir):
+    accuracy = json.loads((evaluator_dir / "accuracy.json").read_text())
+    assert accuracy["step"] == 6 and accuracy["num"] == 64
+    for key in ("label", "fg", "bg", "seen", "held_out"):
+        assert 0.0 <= accuracy[f"test_accuracy_{key}"] <= 1.0
+    assert (evaluator_dir / "checkpoints" / "6").exists()
+    assert not (evaluator_dir / "samples").exists()  # nothing to draw
+    logged = [r for r in _rows(evaluator_dir / "metrics.jsonl") if "test_accuracy" in r]
+    assert [r["step"] for r in logged] == [3, 6]
+
+
+def test_evaluator_heads_must_be_dataset_attributes(tmp_path, data_dir):
+    config = load_config("evaluator", "smoke")
+    config.data.data_dir = data_dir
+    config.train.eval_every = 0
+    config.model.heads = {"label": 10, "shape": 4}
+    with pytest.raises(ValueError, match=r"names \['shape'\], which dataset 'digits_captions'"):
+        train.train_and_evaluate(config, str(tmp_path))
+    config.model.heads = {"label": 10, "fg": 3}
+    with pytest.raises(ValueError, match="'fg' has value 5 but config.model.heads gives it 3"):
+        train.train_and_evaluate(config, str(tmp_path / "b"))
+
+
+def test_training_logs_eval_metrics_and_keeps_the_best_checkpoint(gan_dir):
+    evals = [r for r in _rows(gan_dir / "metrics.jsonl") if "eval/fd_digits" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    for key in ("fd_digits", "kid_digits", "kid_digits_std", "precision_digits", "recall_digits"):
+        assert all(isinstance(r[f"eval/{key}"], float) for r in evals)
+    assert {"eval/consistency_seen", "eval/consistency_held_out"} <= set(evals[0])
+    best = json.loads((gan_dir / "best.json").read_text())
+    values = {r["step"]: r["eval/precision_digits"] for r in evals}
+    assert best["metric"] == "precision_digits" and best["value"] == max(values.values())
+    assert (gan_dir / "best" / str(best["step"])).exists()
+    assert (gan_dir / "checkpoints" / "6").exists()  # resuming still finds the latest
+
+
+def _evaluate(*args, check=True):
+    return subprocess.run(
+        [sys.executable, "-m", "mmgen_jax.evaluate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=check,
+    )
+
+
+def test_evaluate_prints_the_table_and_writes_the_report(gan_dir, evaluator_dir):
+    result = _evaluate(f"--workdir={gan_dir}", f"--evaluator_workdir={evaluator_dir}")
+    assert "generated (step 6)" in result.stdout and "real train vs test" in result.stdout
+    for header in ("FD", "KID", "precision", "recall", "consistent", "seen", "held-out"):
+        assert header in result.stdout
+    report = json.loads((gan_dir / "eval" / "step_6.json").read_text())
+    assert report["num_samples"] == 64 and report["reference_split"] == "train"
+    assert report["feature_network"]["name"] == "evaluator"
+    assert report["feature_network"]["test_accuracy"]["step"] == 6
+    for row in ("generated", "reference"):
+        for key in ("fd_digits", "kid_digits", "kid_digits_std", "precision_digits"):
+            assert isinstance(report[row][key], float)
+        assert 0.0 <= report[row]["consistency"] <= 1.0
+    # The reference row: real train images against real test images, seen combinations only.
+    assert report["reference"]["num"] == 64 and "consistency_held_out" not in report["reference"]
+
+
+def test_evaluate_best_checkpoint(gan_dir, evaluator_dir):
+    best = json.loads((gan_dir / "best.json").read_text())
+    # The same captions as during training: the same number.
+    overrides = {"evaluator_workdir": str(evaluator_dir), "num_samples": 32}
+    report = evaluate.evaluate(str(gan_dir), best=True, overrides=overrides, reference=False)
+    assert report["step"] == best["step"] and report["checkpoint"] == "best"
+    assert report["generated"]["precision_digits"] == pytest.approx(best["value"])
+    assert (gan_dir / "eval" / f"best_step_{best['step']}.json").exists()
+
+
+def test_evaluate_without_evaluator_names_the_training_command(gan_dir, tmp_path):
+    overrides = {"evaluator_workdir": str(tmp_path / "nothing")}
+    with pytest.raises(FileNotFoundError) as error:
+        evaluate.evaluate(str(gan_dir), overrides=overrides)
+    command = f"python -m mmgen_jax.main --config=configs/evaluator.py --workdir={tmp_path}"
+    assert command in str(error.value)

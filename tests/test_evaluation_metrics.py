@@ -1,0 +1,180 @@
+"""Metrics against SciPy/NumPy references and hand-computed values, and their edge cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from mmgen_jax import parallel
+from mmgen_jax.data.digits_captions import TEMPLATES, caption
+from mmgen_jax.evaluation import captions, extractors, metrics, settings
+
+
+def _gaussian(rng, n, dim, scale):
+    mixing = rng.normal(size=(dim, dim)) * scale
+    return rng.normal(size=(n, dim)) @ mixing + rng.normal(size=dim)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_reference():
+    rng = np.random.default_rng(0)
+    x, y = _gaussian(rng, 400, 8, 1.0), _gaussian(rng, 300, 8, 0.5)
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    reference = np.sum((mu1 - mu2) ** 2) + np.trace(
+        s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2))
+    )
+    assert metrics.frechet_distance(x, y) == pytest.approx(reference, rel=1e-9)
+
+
+def test_frechet_distance_identical_sets_is_zero():
+    x = _gaussian(np.random.default_rng(1), 200, 16, 1.0)
+    assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_with_singular_covariances():
+    # 5 samples in 20 dimensions: rank-4 covariances. Shifting a set by c leaves its
+    # covariance unchanged, so the distance is exactly |c|^2 (up to the square roots of
+    # rounding-size eigenvalues, ~1e-8 each, of the zero directions).
+    rng = np.random.default_rng(2)
+    x, shift = rng.normal(size=(5, 20)), rng.normal(size=20)
+    assert metrics.frechet_distance(x, x + shift) == pytest.approx(shift @ shift, rel=1e-6)
+    # Dead (always-zero) feature columns, as after a ReLU, change nothing either.
+    padded = np.pad(x, ((0, 0), (0, 3)))
+    assert metrics.frechet_distance(padded, padded + np.pad(shift, (0, 3))) == pytest.approx(
+        shift @ shift, rel=1e-6
+    )
+
+
+def _mmd2_by_pairs(x, y):
+    """Unbiased MMD^2 written as the textbook double sums over distinct pairs."""
+    k = lambda a, b: (a @ b / len(a) + 1) ** 3
+    m = len(x)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m**2
+    return xx + yy - 2 * xy
+
+
+def test_kid_is_the_unbiased_polynomial_mmd():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 4)), rng.normal(1.0, size=(12, 4))
+    assert metrics.mmd2_unbiased(x, y) == pytest.approx(_mmd2_by_pairs(x, y), rel=1e-10)
+    # One subset holding every sample: a permutation of each set, the same MMD^2, std 0.
+    mean, std = metrics.kernel_inception_distance(x, y, num_subsets=1, subset_size=12)
+    assert mean == pytest.approx(_mmd2_by_pairs(x, y), rel=1e-10) and std == 0.0
+
+
+def test_kid_near_zero_for_same_distribution_and_positive_otherwise():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(600, 8)), rng.normal(size=(600, 8))
+    same, same_std = metrics.kernel_inception_distance(x, y, num_subsets=20, subset_size=200)
+    assert abs(same) < 3 * same_std + 1e-3
+    shifted, _ = metrics.kernel_inception_distance(x, y + 1.0, num_subsets=20, subset_size=200)
+    assert shifted > 0.1
+
+
+def test_kid_needs_subset_size_samples():
+    x = np.zeros((10, 4))
+    with pytest.raises(ValueError, match="at least subset_size=50 samples per set, got 10"):
+        metrics.kernel_inception_distance(x, x, num_subsets=2, subset_size=50)
+
+
+def test_precision_recall_hand_computed():
+    # k=1 radii: reals [0, 1, 2, 10] -> 1, 1, 1, 8; fakes [0.5, 20, 5] -> 4.5, 15, 4.5.
+    real = np.array([[0.0], [1.0], [2.0], [10.0]])
+    fake = np.array([[0.5], [20.0], [5.0]])
+    # fake 0.5 lies in the ball of real 0, fake 5 in that of real 10, fake 20 in none;
+    # every real lies in some fake's ball (10 in the ball of 20, radius 15).
+    assert metrics.precision_recall(real, fake, k=1) == pytest.approx((2 / 3, 1.0))
+
+
+def test_precision_recall_identical_sets_and_too_few_samples():
+    x = np.random.default_rng(5).normal(size=(50, 3))
+    assert metrics.precision_recall(x, x, k=3) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="needs at least 4"):
+        metrics.precision_recall(x[:3], x, k=3)
+
+
+def test_consistency_all_attributes_and_seen_held_out_groups():
+    targets = {"label": np.array([1, 2, 3, 4]), "fg": np.array([0, 0, 1, 1])}
+    predicted = {"label": np.array([1, 2, 0, 4]), "fg": np.array([0, 5, 1, 1])}
+    held_out = np.array([False, False, True, True])
+    out = metrics.consistency(predicted, targets, held_out)
+    assert out == {
+        "consistency": 0.5,  # rows 0 and 3 match on both attributes
+        "consistency_label": 0.75,
+        "consistency_fg": 0.75,
+        "consistency_seen": 0.5,
+        "consistency_held_out": 0.5,
+    }
+    only_held_out = metrics.consistency(predicted, targets, np.ones(4, bool))
+    assert "consistency_seen" not in only_held_out and only_held_out["consistency_held_out"] == 0.5
+
+
+@pytest.mark.parametrize("template", range(len(TEMPLATES)))
+def test_captions_of_every_template_parse_back(template):
+    for digit, fg, bg in [(7, 2, 4), (0, 1, 0), (9, 5, 3)]:
+        text = caption(template, digit, fg, bg)
+        assert captions.parse_attributes(text) == {"label": digit, "fg": fg, "bg": bg}
+    assert captions.parse_attributes(caption(template, 7, 2, 4)[:-2]) is None
+
+
+def test_parse_rejects_unknown_words():
+    assert captions.parse_attributes("a purple handwritten seven on a blue background") is None
+    assert captions.parse_attributes("") is None
+
+
+def test_bleu4_hand_computed():
+    # Precisions 5/5, 3/4, 2/3, 1/2 -> geometric mean 0.25^(1/4); brevity exp(1 - 7/5).
+    hypothesis, reference = "a red seven on blue", "a red seven on a blue background"
+    expected = np.exp(1 - 7 / 5) * 0.25**0.25
+    assert captions.corpus_bleu4([hypothesis], [reference]) == pytest.approx(expected)
+    # Corpus level: counts are pooled over sentences before the precisions are taken.
+    exact = "蓝色背景上的红色手写数字七"
+    assert captions.corpus_bleu4([exact, exact], [exact, exact]) == pytest.approx(1.0)
+    assert captions.corpus_bleu4(["the the the the"], ["the cat"]) == 0.0
+    with pytest.raises(ValueError, match="one reference per hypothesis"):
+        captions.corpus_bleu4(["a"], [])
+
+
+def test_batched_map_pads_splits_and_matches_the_function():
+    fn = lambda w, x, y: (x @ w + y[:, None], jnp.sum(x, 1))
+    w, x, y = np.ones((3, 2)), np.arange(30.0).reshape(10, 3), np.arange(10.0)
+    got = parallel.BatchedMap(fn)(w, x, y, batch_size=6)  # 6 -> 8 rows: 4 devices
+    want = jax.tree.map(np.asarray, fn(w, x, y))
+    jax.tree.map(np.testing.assert_allclose, got, want)
+
+
+def test_extractor_registry_and_clear_failures(tmp_path):
+    s = settings.defaults()
+    with pytest.raises(ValueError, match="unknown eval.extractor 'clip'"):
+        extractors.get("clip", s)
+    s.evaluator_workdir = str(tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="configs/evaluator.py --workdir="):
+        extractors.get("evaluator", s)
+    with pytest.raises(ValueError, match="set eval.extractor_file"):
+        extractors.get("inception_v3", s)
+    s.extractor_file = str(tmp_path / "missing.bin")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        extractors.get("inception_v3", s)
+    (tmp_path / "junk.bin").write_bytes(b"not an export")
+    s.extractor_file = str(tmp_path / "junk.bin")
+    with pytest.raises(ValueError, match="is not a jax.export serialisation"):
+        extractors.get("inception_v3", s)
+
+
+def test_exported_feature_function_is_loaded_and_applied(tmp_path):
+    # Any jax.export file of the documented signature loads (here a stand-in, not Inception).
+    projection = np.random.default_rng(6).normal(size=(3, 5)).astype(np.float32)
+    features = lambda images: jnp.mean(images, (1, 2)) @ projection
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, 16, 16, 3"), jnp.float32)
+    (tmp_path / "f.bin").write_bytes(jax.export.export(jax.jit(features))(spec).serialize())
+    s = settings.defaults()
+    s.extractor_file, s.batch_size = str(tmp_path / "f.bin"), 4
+    extractor = extractors.get("inception_v3", s)
+    images = np.random.default_rng(7).uniform(-1, 1, size=(6, 32, 32, 3)).astype(np.float32)
+    got, predicted = extractor(images)
+    resized = jax.image.resize(images, (6, 16, 16, 3), "bilinear")
+    np.testing.assert_allclose(got, features(resized), rtol=1e-5, atol=1e-6)
+    assert predicted == {} and extractor.tag == "inception"
