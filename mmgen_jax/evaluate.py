@@ -24,6 +24,9 @@ flags.DEFINE_string("extractor", None, "Overrides eval.extractor (evaluator, inc
 flags.DEFINE_string("extractor_file", None, "Overrides eval.extractor_file.")
 flags.DEFINE_string("data_dir", None, "Overrides the run's data.data_dir.")
 flags.DEFINE_bool("reference", True, "Also measure real reference images (the ceiling row).")
+flags.DEFINE_bool(
+    "judge", False, "Also report the consistency the independent attribute judge reads."
+)
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -40,7 +43,13 @@ def main(argv):
     }
     try:
         report = report_lib.evaluate(
-            FLAGS.workdir, FLAGS.step, FLAGS.best, overrides, FLAGS.data_dir, FLAGS.reference
+            FLAGS.workdir,
+            FLAGS.step,
+            FLAGS.best,
+            overrides,
+            FLAGS.data_dir,
+            FLAGS.reference,
+            FLAGS.judge,
         )
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"FATAL: {e}") from None

@@ -86,8 +86,9 @@ def _evaluate(*args, check=True):
 
 
 def test_evaluate_prints_the_table_and_writes_the_report(gan_dir, evaluator_dir):
-    result = _evaluate(f"--workdir={gan_dir}", f"--evaluator_workdir={evaluator_dir}")
+    result = _evaluate(f"--workdir={gan_dir}", f"--evaluator_workdir={evaluator_dir}", "--judge")
     assert "generated (step 6)" in result.stdout and "real train vs test" in result.stdout
+    assert "read by the judge" in result.stdout
     for header in ("FD", "KID", "precision", "recall", "consistent", "seen", "held-out"):
         assert header in result.stdout
     report = json.loads((gan_dir / "eval" / "step_6.json").read_text())
@@ -98,6 +99,7 @@ def test_evaluate_prints_the_table_and_writes_the_report(gan_dir, evaluator_dir)
         for key in ("fd_digits", "kid_digits", "kid_digits_std", "precision_digits"):
             assert isinstance(report[row][key], float)
         assert 0.0 <= report[row]["consistency"] <= 1.0
+    assert 0.0 <= report["generated"]["judge_consistency_held_out"] <= 1.0
     # The reference row: real train images against real test images, seen combinations only.
     assert report["reference"]["num"] == 64 and "consistency_held_out" not in report["reference"]
 

@@ -10,19 +10,21 @@ from mmgen_jax.evaluation import suite
 
 log = logging.getLogger("mmgen_jax")
 
-# Columns of the table: (metric name without the feature tag, header, scale).
+# Columns of the table: (metric name, {tag} standing for the feature network's tag; header).
 _COLUMNS = (
-    ("fd_{tag}", "FD", 1.0),
-    ("kid_{tag}", "KID", 1.0),
-    ("precision_{tag}", "precision", 1.0),
-    ("recall_{tag}", "recall", 1.0),
-    ("consistency", "consistent", 1.0),
-    ("consistency_seen", "seen", 1.0),
-    ("consistency_held_out", "held-out", 1.0),
+    ("fd_{tag}", "FD"),
+    ("kid_{tag}", "KID"),
+    ("precision_{tag}", "precision"),
+    ("recall_{tag}", "recall"),
+    ("consistency", "consistent"),
+    ("consistency_seen", "seen"),
+    ("consistency_held_out", "held-out"),
 )
 
 
-def evaluate(workdir, step=None, best=False, overrides=None, data_dir=None, reference=True):
+def evaluate(
+    workdir, step=None, best=False, overrides=None, data_dir=None, reference=True, judge=False
+):
     """Measures the run in `workdir`; returns the report written to WORKDIR/eval/."""
     workdir = os.path.abspath(workdir)
     checkpoints = "best" if best else "checkpoints"
@@ -56,7 +58,7 @@ def evaluate(workdir, step=None, best=False, overrides=None, data_dir=None, refe
         "consistency_network": measure.judge.describe(),
         "settings": settings.to_dict(),
         "defaults_filled": missing,
-        "generated": measure.measure_run(family, variables),
+        "generated": measure.measure_run(family, variables, cross_check=judge),
     }
     if reference:
         report["reference_split"] = settings.reference_split
@@ -76,19 +78,20 @@ def _has_dir(workdir, name):
 def table(report):
     """The report as a fixed-width text table: generated row, then the reference row."""
     tag = report["feature_tag"]
-    rows = [(f"generated (step {report['step']})", report["generated"])]
+    generated = report["generated"]
+    rows = [(f"generated (step {report['step']})", generated)]
+    judged = {k[len("judge_") :]: v for k, v in generated.items() if k.startswith("judge_")}
+    if judged:
+        rows.append(("  same, read by the judge", judged))
     if "reference" in report:
         rows.append((f"real {report['reference_split']} vs test", report["reference"]))
-    columns = [(key.format(tag=tag), head, scale) for key, head, scale in _COLUMNS]
+    columns = [(key.format(tag=tag), head) for key, head in _COLUMNS]
     width = max(len(label) for label, _ in rows)
-    lines = [" ".join([" " * width] + [f"{head:>10}" for _, head, _ in columns])]
+    lines = [" ".join([" " * width] + [f"{head:>10}" for _, head in columns])]
     for label, values in rows:
-        cells = [
-            f"{values[key] * scale:>10.4f}" if key in values else f"{'-':>10}"
-            for key, _, scale in columns
-        ]
+        cells = [f"{values[key]:>10.4f}" if key in values else f"{'-':>10}" for key, _ in columns]
         lines.append(" ".join([f"{label:<{width}}"] + cells))
-    extra = {k: v for k, v in report["generated"].items() if k.startswith(("caption_", "joint_"))}
+    extra = {k: v for k, v in generated.items() if k.startswith(("caption_", "joint_"))}
     if extra:
         lines.append("text: " + " ".join(f"{k}={v:.4f}" for k, v in extra.items()))
     lines.append(

@@ -7,7 +7,7 @@ for families that also write captions, image->text and joint metrics.
 import jax
 import numpy as np
 
-from mmgen_jax import parallel, runs
+from mmgen_jax import parallel, runs, writers
 from mmgen_jax.data import pipeline, tokenizer
 from mmgen_jax.evaluation import captions, extractors, metrics
 
@@ -114,15 +114,32 @@ class Suite:
             run=self._generators[family],
         )
 
-    def measure_run(self, family, variables):
+    def measure_run(self, family, variables, cross_check=False):
         """Every metric of a trained family: images from test captions and, where the family
-        writes captions (`describe`, `joint`), image->text and joint coherence."""
-        out = self.measure_images(self.generate(family, variables))
+        writes captions (`describe`, `joint`), image->text and joint coherence. With
+        `cross_check`, also the consistency the independent attribute judge reads in the same
+        images (`judge_consistency...`; digits_captions only)."""
+        images = self.generate(family, variables)
+        out = self.measure_images(images)
+        if cross_check:
+            out.update(self.judge_consistency(images))
         if hasattr(family, "describe"):
             out.update(self.image_to_text(family, variables))
         if hasattr(family, "joint"):
             out.update(self.joint(family, variables))
         return out
+
+    def judge_consistency(self, images):
+        """Consistency as read by `attribute_judge` (pixel colours + an SVM on the 8x8 digits),
+        which shares nothing with the evaluator: a check of the evaluator's reading."""
+        if self.config.data.name != "digits_captions":
+            raise ValueError("the attribute judge reads digits_captions images only")
+        from mmgen_jax.evaluation import attribute_judge  # scikit-learn: only when asked
+
+        read = attribute_judge.judge(writers.to_uint8(images))
+        read["label"] = read.pop("digit")
+        scores = metrics.consistency(read, self.targets, self.test.get("held_out"))
+        return {f"judge_{k}": v for k, v in scores.items()}
 
     def reference(self, split):
         """The ceiling: real images of `split` measured as if they were generated."""
