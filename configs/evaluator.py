@@ -45,7 +45,7 @@ def get_config(arg=None):
     t.lr = 1e-3  # Adam learning rate
     t.augment_shift = 2  # random shifts of up to this many pixels (0 = off)
     t.augment_noise = 0.1  # std of Gaussian pixel noise added to images in [-1, 1]
-    t.recolour_prob = 0.5  # share of images with permuted / negated RGB (0 = off)
+    t.recolour_prob = 0.5  # share of images in random new colours (0 = off)
     t.log_every = 100  # steps between metric lines
     t.checkpoint_every = 500  # steps between (asynchronous) checkpoints
     t.max_to_keep = 1  # checkpoints kept on disk

@@ -79,26 +79,31 @@ class Evaluator:
         """-> (augmented images, (B,) 1.0 where the colours are untouched, else 0.0).
 
         Per example, from its stream index: a random shift of up to `augment_shift` pixels
-        (edge-padded), Gaussian pixel noise, and with probability `recolour_prob` a random
-        permutation of the RGB channels and/or negation (the complementary colours). Only
-        the `colour_invariant_heads` learn from recoloured images, so a digit is read from
-        its shape: with colours as a cue, the digit head erred more on colour combinations
+        (edge-padded), Gaussian pixel noise, and with probability `recolour_prob` new
+        colours: x_c -> a_c x_c + b_c per RGB channel, |a_c| in [0.3, 1] with a random sign
+        and b_c keeping [-1, 1]. That maps a two-colour image (stroke intensity t:
+        t fg + (1 - t) bg) to the same strokes in another colour pair. Only the
+        `colour_invariant_heads` learn from recoloured images, so a digit is read from its
+        shape: with colours as a cue, the digit head erred more on colour combinations
         absent from training (held-out) than on seen ones.
         """
         t = self.config.train
         s = t.augment_shift
 
         def one(image, i):
-            k_shift, k_noise, k_colour, k_perm, k_sign = jax.random.split(
-                jax.random.fold_in(key, i), 5
+            k_shift, k_noise, k_colour, k_scale, k_sign, k_offset = jax.random.split(
+                jax.random.fold_in(key, i), 6
             )
             if s:
                 padded = jnp.pad(image, ((s, s), (s, s), (0, 0)), mode="edge")
                 dy, dx = jax.random.randint(k_shift, (2,), 0, 2 * s + 1)
                 image = jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
             recolour = jax.random.bernoulli(k_colour, t.recolour_prob)
-            sign = jnp.where(jax.random.bernoulli(k_sign), -1.0, 1.0)
-            recoloured = sign * image[..., jax.random.permutation(k_perm, 3)]
+            sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, (3,)), -1.0, 1.0)
+            scale = sign * jax.random.uniform(k_scale, (3,), minval=0.3, maxval=1.0)
+            room = 1.0 - jnp.abs(scale)
+            offset = jax.random.uniform(k_offset, (3,), minval=-room, maxval=room)
+            recoloured = scale * image + offset
             image = jnp.where(recolour, recoloured, image)
             noisy = image + t.augment_noise * jax.random.normal(k_noise, image.shape)
             return noisy, 1.0 - recolour.astype(jnp.float32)
