@@ -55,6 +55,7 @@ def evaluate(
         "num_samples": measure.num,
         "feature_network": measure.extractor.describe(),
         "feature_tag": measure.extractor.tag,
+        "feature_scale": measure.feature_scale,  # features are divided by it (see Suite)
         "consistency_network": measure.judge.describe(),
         "settings": settings.to_dict(),
         "defaults_filled": missing,

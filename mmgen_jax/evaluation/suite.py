@@ -59,7 +59,13 @@ class Suite:
                 f"{settings.kid_subset_size}: lower it (or raise the number of samples)"
             )
         self.targets = {h: self.test[h] for h in self.judge.heads}
-        self.real_features, _ = self.extractor(self.test["image"])
+        real_features, _ = self.extractor(self.test["image"])
+        # Distances are taken on features scaled so that the real test features have unit
+        # mean square per dimension: KID's kernel (x.y / dim + 1)^3 assumes O(1) features
+        # (on raw ReLU features, of a scale set by training, its subset std exceeded its
+        # mean), and the numbers stay comparable between evaluators. P/R do not change.
+        self.feature_scale = float(np.sqrt(np.mean(np.square(real_features))))
+        self.real_features = real_features / self.feature_scale
         self._generators = {}  # family -> compiled BatchedMap, reused between calls
 
     def names(self):
@@ -74,6 +80,7 @@ class Suite:
     def read(self, images):
         """(features in the distance space, evaluator's attribute predictions)."""
         features, predicted = self.extractor(images)
+        features = features / self.feature_scale
         if self.judge is not self.extractor:
             _, predicted = self.judge(images)
         return features, predicted
