@@ -68,6 +68,9 @@ def get_config(arg=None):
     t.b1 = 0.5  # Adam beta1 (DCGAN)
     t.b2 = 0.999  # Adam beta2
     t.ema_decay = 0.999  # EMA of generator params used for sampling (0 = no EMA)
+    # Steps run per host call (lax.scan): pays where a step is short next to the dispatch
+    # overhead (small models on accelerators); must divide the step counts below.
+    t.steps_per_dispatch = 1
     t.log_every = 100  # steps between metric lines
     t.checkpoint_every = 1000  # steps between (asynchronous) checkpoints
     t.max_to_keep = 2  # checkpoints kept on disk

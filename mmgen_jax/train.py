@@ -79,9 +79,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         stream.close()
         return state
 
-    train_step = parallel.data_parallel(family.train_step, mesh)
+    k = _steps_per_dispatch(config, start)
+    train_step = parallel.data_parallel(family.train_step, mesh, steps_per_dispatch=k)
     batches = parallel.Prefetcher(
-        stream, lambda b: parallel.global_batch(family.device_batch(b), mesh)
+        stream if k == 1 else parallel.Grouped(stream, k),
+        lambda b: parallel.global_batch(family.device_batch(b), mesh, stacked=k > 1),
     )
     writer = writers.MetricWriter(workdir, enabled=is_main)
     progress = writers.Progress(num_steps, start, enabled=is_main)
@@ -99,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     )
 
     try:
-        for step in range(start + 1, num_steps + 1):
+        for step in range(start + k, num_steps + 1, k):
             state, metrics = train_step(state, next(batches))
             pending.append(metrics)
             stopping = _should_stop(stop, ckpt, step)
@@ -140,6 +142,27 @@ def _restore_or_init(family, ckpt, stream, rng, mesh):
     return state, latest
 
 
+def _steps_per_dispatch(config, start):
+    """train.steps_per_dispatch, checked: every boundary the loop acts on must fall on a
+    dispatch boundary."""
+    t = config.train
+    k = t.steps_per_dispatch
+    fields = {
+        "num_steps": t.num_steps,
+        "log_every": t.log_every,
+        "checkpoint_every": t.checkpoint_every,
+        "sample_every": t.sample_every,
+        "resumed step": start,
+    }
+    bad = [f"{name}={value}" for name, value in fields.items() if k < 1 or value % k]
+    if bad:
+        raise ValueError(
+            f"train.steps_per_dispatch={k} must be a positive divisor of {', '.join(bad)}: "
+            f"every boundary the loop acts on falls between dispatches"
+        )
+    return k
+
+
 def _should_stop(stop, ckpt, step):
     # Multi-process runs must agree on the step: Orbax's preemption sync point does that.
     if jax.process_count() > 1:
@@ -149,7 +172,8 @@ def _should_stop(stop, ckpt, step):
 
 def _mean_metrics(pending, step):
     host = jax.device_get(pending)
-    averaged = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    # A metric is a scalar per dispatch, or one value per step with steps_per_dispatch > 1.
+    averaged = {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in host[0]}
     bad = [k for k, v in averaged.items() if not np.isfinite(v)]
     if bad:
         raise FloatingPointError(
