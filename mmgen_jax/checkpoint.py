@@ -25,6 +25,9 @@ class Checkpointer:
                 create=not read_only,
                 read_only=read_only,
                 enable_async_checkpointing=not read_only,
+                # A save cut short by a crash leaves a *.orbax-checkpoint-tmp-* folder that
+                # latest_step() never reports; remove such leftovers when a run restarts.
+                cleanup_tmp_directories=not read_only,
             ),
             item_names=("state", "data"),
         )
