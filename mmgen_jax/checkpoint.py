@@ -21,7 +21,9 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
+                # A reader keeps and deletes nothing (said explicitly: Orbax warns otherwise).
+                max_to_keep=None if read_only else max_to_keep,
+                save_interval_steps=0 if read_only else 1,
                 create=not read_only,
                 read_only=read_only,
                 enable_async_checkpointing=not read_only,

@@ -7,13 +7,12 @@ Override config fields with --config.train.num_steps=200; pick variants with
 --config=configs/gan.py:smoke.
 """
 
-import logging as pylogging
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mmgen_jax import distributed, train
+from mmgen_jax import distributed, train, writers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -55,19 +54,7 @@ def parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Libraries log at WARNING and above (Orbax's INFO lines narrate every file it
-    # writes); our own progress lines go to stderr at INFO.
-    logging.set_verbosity(logging.WARNING)
-    # TFDS suggests OpenCV for image decoding on every start; PIL serves these small images.
-    logging.get_absl_logger().addFilter(
-        lambda record: "OpenCV is not installed" not in record.getMessage()
-    )
-    handler = pylogging.StreamHandler()
-    handler.setFormatter(pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    log = pylogging.getLogger("mmgen_jax")
-    log.setLevel(pylogging.INFO)
-    log.addHandler(handler)
-    log.propagate = False
+    writers.configure_logging()
     try:
         plan = distributed.plan(
             FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id

@@ -17,6 +17,23 @@ from PIL import Image, ImageDraw, ImageFont
 log = logging.getLogger("mmgen_jax")
 
 
+def configure_logging():
+    """Our progress lines at INFO on stderr; libraries at WARNING and above (Orbax's INFO
+    lines narrate every file it writes)."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    # TFDS suggests OpenCV for image decoding on every start; PIL serves these small images.
+    absl_logging.get_absl_logger().addFilter(
+        lambda record: "OpenCV is not installed" not in record.getMessage()
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    log.propagate = False
+
+
 class MetricWriter:
     """Appends `{"step", "wall_time", **metrics}` lines to metrics.jsonl and mirrors the
     scalars to TensorBoard (tensorboardX: no TensorFlow in the training process).

@@ -36,14 +36,13 @@ def test_local_without_arguments_prints_usage():
     assert result.returncode == 2 and "launch/local.sh [--dry-run] CONFIG WORKDIR" in result.stderr
 
 
-def _dry_run(script, *args, env=None):
+def _dry_run(script, *args):
     return subprocess.run(
         ["bash", script, "--dry-run", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
-        env=env,
     ).stdout
 
 
