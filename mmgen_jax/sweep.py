@@ -133,8 +133,10 @@ def write_study(root, table, finished, unfinished, config_arg):
         "",
         f"Finished runs (seeds): {', '.join(map(str, finished)) or 'none'}."
         + (f" Unfinished, not counted: {', '.join(map(str, unfinished))}." if unfinished else ""),
-        "final = last logged value; best = min over logged rows, or max where higher is "
-        "better (column `best`); mean ± sample std over runs; n = runs reporting the metric.",
+        (
+            "final = last logged value; best = min over logged rows, or max where higher is "
+            "better (column `best`); mean ± sample std over runs; n = runs reporting the metric."
+        ),
         "",
         "| metric | final | best | best of | n |",
         "|---|---|---|---|---|",

@@ -44,8 +44,8 @@ def _start_two_processes(workdir, data_dir, logs, *overrides):
             f"--config.data.data_dir={data_dir}",
             *overrides,
         ]
-        log = open(logs / f"process_{index}.log", "w")
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log, stdout=log))
+        with open(logs / f"process_{index}.log", "w") as log:  # the child keeps its copy
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log, stdout=log))
     return procs
 
 

@@ -82,6 +82,7 @@ def test_slurm_dry_run_prints_one_job_per_unfinished_seed(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     commands = [shlex.split(line) for line in result.stdout.splitlines()]
