@@ -66,7 +66,7 @@ def test_kill_9_resumes_from_last_complete_checkpoint_bit_identically(
 
 
 def test_same_config_twice_gives_identical_metrics_and_a_full_manifest(tmp_path, smoke_config):
-    smoke_config.train.num_steps = 4
+    smoke_config.train.num_steps = 2
     first = train.train_and_evaluate(smoke_config, str(tmp_path / "a"))
     second = train.train_and_evaluate(smoke_config, str(tmp_path / "b"))
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")

@@ -1,6 +1,11 @@
 """When a job is multi-process (and how jax.distributed is told), on fake environments."""
 
+import subprocess
+import sys
+
 import pytest
+
+from conftest import ROOT, load_config
 
 from mmgen_jax import distributed
 
@@ -82,3 +87,25 @@ def test_deterministic_flags_are_appended_once():
     env = {"XLA_FLAGS": "--xla_gpu_deterministic_ops=false"}
     distributed.add_xla_flags(distributed.DETERMINISTIC_XLA_FLAGS, env)
     assert env["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"
+
+
+def test_deterministic_flags_reach_the_backend_and_the_manifest():
+    config = load_config("gan", "smoke")
+    config.train.deterministic = True
+    program = f"""
+import jax, json, ml_collections
+from mmgen_jax import distributed, writers
+distributed.initialize(distributed.plan(), deterministic=True)
+assert float(jax.jit(lambda x: x * 2)(1.0)) == 2.0  # XLA accepts the flags
+config = ml_collections.ConfigDict(json.loads({config.to_json()!r}))
+print(writers.manifest(config)["xla_flags"])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "--xla_gpu_deterministic_ops=true" in out
