@@ -88,6 +88,9 @@ class StopRequest:
 
     The loop then saves a checkpoint at the next step boundary, waits for it and exits
     cleanly; a second signal is not needed and the default handler is restored after.
+    Single-process runs only: with several processes, `jax.distributed`'s preemption
+    notifier owns SIGTERM and `Checkpointer.reached_preemption` makes all processes stop
+    at the same step (a Python handler installed here would hide the signal from it).
     """
 
     def __init__(self, signals=(signal.SIGTERM,)):

@@ -36,14 +36,6 @@ from ml_collections import config_flags
 from mmgen_jax import checkpoint, distributed, writers
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, comma-separated: one run each.")
-flags.DEFINE_string("root", None, "Study directory: ROOT/seed_N per run, study.md/csv.")
-flags.DEFINE_enum("launcher", "local", ["local", "slurm", "tpu"], "Where the runs train.")
-flags.DEFINE_string("tpu_name", None, "--launcher=tpu: the TPU VM slice's name.")
-flags.DEFINE_string("tpu_zone", None, "--launcher=tpu: its zone.")
-flags.DEFINE_bool("dry_run", False, "slurm/tpu: print the commands instead of running them.")
-flags.mark_flags_as_required(["config", "root"])
 
 # Metrics where larger is better; every other metric is best at its minimum (losses,
 # Fréchet distance, KID).
@@ -248,5 +240,19 @@ def _config_arg(argv):
     return FLAGS["config"].config_filename
 
 
+def _define_flags():
+    """The CLI's flags, defined only when run as a program: importing this module for its
+    functions must not claim flag names (`--config`) that other entry points define."""
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, comma-separated: one run each.")
+    flags.DEFINE_string("root", None, "Study directory: ROOT/seed_N per run, study.md/csv.")
+    flags.DEFINE_enum("launcher", "local", ["local", "slurm", "tpu"], "Where the runs train.")
+    flags.DEFINE_string("tpu_name", None, "--launcher=tpu: the TPU VM slice's name.")
+    flags.DEFINE_string("tpu_zone", None, "--launcher=tpu: its zone.")
+    flags.DEFINE_bool("dry_run", False, "slurm/tpu: print the commands instead of running them.")
+    flags.mark_flags_as_required(["config", "root"])
+
+
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
