@@ -77,6 +77,9 @@ def get_config(arg=None):
     t.sample_every = 1000  # steps between sample grids
     t.sample_rows = 8  # captions in a sample grid
     t.sample_cols = 4  # generated images per caption in a sample grid
+    # GPU: XLA's deterministic ops (bit-identical reruns, somewhat slower); XLA:CPU and TPU
+    # are deterministic already. Set before the backend starts (main.py).
+    t.deterministic = False
 
     if arg:
         for variant in arg.split(","):

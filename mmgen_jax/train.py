@@ -18,6 +18,7 @@ RESUMABLE_CHANGES = (
     "train.log_every",
     "train.checkpoint_every",
     "train.max_to_keep",
+    "train.deterministic",
     "train.sample_every",
     "data.data_dir",
     "data.num_threads",
@@ -85,10 +86,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         stream if k == 1 else parallel.Grouped(stream, k),
         lambda b: parallel.global_batch(family.device_batch(b), mesh, stacked=k > 1),
     )
-    writer = writers.MetricWriter(workdir, enabled=is_main)
+    # Rows a crashed run wrote after its last checkpoint are dropped: they are redone.
+    writer = writers.MetricWriter(workdir, enabled=is_main, after_step=start)
     progress = writers.Progress(num_steps, start, enabled=is_main)
     samples = _SampleGrid(config, family, data_dir, workdir) if is_main else None
-    stop = checkpoint.StopRequest()
+    # One process polls its own SIGTERM flag; several agree on the step through Orbax's
+    # preemption sync point, whose notifier owns SIGTERM (a Python handler would hide it).
+    stop = checkpoint.StopRequest() if jax.process_count() == 1 else None
     pending = []  # this interval's metrics, still on device: no sync per step
     t = config.train
     log.info(
@@ -121,7 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     finally:
         ckpt.wait()  # an async save must complete before the process may exit
         ckpt.close()
-        stop.restore_handlers()
+        if stop is not None:
+            stop.restore_handlers()
         progress.close()
         writer.close()
         stream.close()
