@@ -46,6 +46,8 @@ def get_config(arg=None):
     t.augment_shift = 2  # random shifts of up to this many pixels (0 = off)
     t.augment_noise = 0.1  # std of Gaussian pixel noise added to images in [-1, 1]
     t.recolour_prob = 0.5  # share of images in random new colours (0 = off)
+    t.steps_per_dispatch = 1  # steps per host call (lax.scan); must divide the counts below
+    t.deterministic = False  # GPU: XLA's deterministic ops (bit-identical reruns, slower)
     t.log_every = 100  # steps between metric lines
     t.checkpoint_every = 500  # steps between (asynchronous) checkpoints
     t.max_to_keep = 1  # checkpoints kept on disk

@@ -70,12 +70,18 @@ def get_config(arg=None):
     t.b1 = 0.5  # Adam beta1 (DCGAN)
     t.b2 = 0.999  # Adam beta2
     t.ema_decay = 0.999  # EMA of generator params used for sampling (0 = no EMA)
+    # Steps run per host call (lax.scan): pays where a step is short next to the dispatch
+    # overhead (small models on accelerators); must divide the step counts below.
+    t.steps_per_dispatch = 1
     t.log_every = 100  # steps between metric lines
     t.checkpoint_every = 1000  # steps between (asynchronous) checkpoints
     t.max_to_keep = 2  # checkpoints kept on disk
     t.sample_every = 1000  # steps between sample grids
     t.sample_rows = 8  # captions in a sample grid
     t.sample_cols = 4  # generated images per caption in a sample grid
+    # GPU: XLA's deterministic ops (bit-identical reruns, somewhat slower); XLA:CPU and TPU
+    # are deterministic already. Set before the backend starts (main.py).
+    t.deterministic = False
     # Steps between evaluations (FD/KID/P-R/consistency on eval.train_num_samples captions,
     # best checkpoint kept in WORKDIR/best/); 0 = off. Needs the domain evaluator trained
     # first (README "Evaluation").

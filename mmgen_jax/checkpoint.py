@@ -21,10 +21,15 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
+                # A reader keeps and deletes nothing (said explicitly: Orbax warns otherwise).
+                max_to_keep=None if read_only else max_to_keep,
+                save_interval_steps=0 if read_only else 1,
                 create=not read_only,
                 read_only=read_only,
                 enable_async_checkpointing=not read_only,
+                # A save cut short by a crash leaves a *.orbax-checkpoint-tmp-* folder that
+                # latest_step() never reports; remove such leftovers when a run restarts.
+                cleanup_tmp_directories=not read_only,
             ),
             item_names=("state", "data"),
         )
@@ -83,6 +88,9 @@ class StopRequest:
 
     The loop then saves a checkpoint at the next step boundary, waits for it and exits
     cleanly; a second signal is not needed and the default handler is restored after.
+    Single-process runs only: with several processes, `jax.distributed`'s preemption
+    notifier owns SIGTERM and `Checkpointer.reached_preemption` makes all processes stop
+    at the same step (a Python handler installed here would hide the signal from it).
     """
 
     def __init__(self, signals=(signal.SIGTERM,)):

@@ -1,23 +1,35 @@
 """Train a model: python -m mmgen_jax.main --config=configs/gan.py --workdir=runs/gan
 
 Re-running the same command resumes from the latest checkpoint in --workdir.
+Multi-process jobs (srun, a TPU slice) run the same command in every process; see
+mmgen_jax/distributed.py for when `jax.distributed` is initialised.
 Override config fields with --config.train.num_steps=200; pick variants with
 --config=configs/gan.py:smoke.
 """
 
-import logging as pylogging
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mmgen_jax import train
+from mmgen_jax import distributed, train, writers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (get_config(arg)).", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "The run's directory: checkpoints, metrics, samples.")
+flags.DEFINE_enum(
+    "multihost",
+    "auto",
+    ["auto", "on", "off"],
+    "Initialise jax.distributed: auto = when the environment is a multi-process job "
+    "(srun with several tasks, a GKE TPU slice, JAX_COORDINATOR_ADDRESS); on = always "
+    "(Cloud TPU VM slices); off = never.",
+)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit setup).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (explicit setup).")
+flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,19 +54,14 @@ def parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Libraries log at WARNING and above (Orbax's INFO lines narrate every file it
-    # writes); our own progress lines go to stderr at INFO.
-    logging.set_verbosity(logging.WARNING)
-    # TFDS suggests OpenCV for image decoding on every start; PIL serves these small images.
-    logging.get_absl_logger().addFilter(
-        lambda record: "OpenCV is not installed" not in record.getMessage()
-    )
-    handler = pylogging.StreamHandler()
-    handler.setFormatter(pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    log = pylogging.getLogger("mmgen_jax")
-    log.setLevel(pylogging.INFO)
-    log.addHandler(handler)
-    log.propagate = False
+    writers.configure_logging()
+    try:
+        plan = distributed.plan(
+            FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+    except ValueError as e:
+        sys.exit(f"FATAL: {e}")
+    distributed.initialize(plan, deterministic=FLAGS.config.train.get("deterministic", False))
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

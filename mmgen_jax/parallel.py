@@ -10,6 +10,7 @@ import collections
 
 import jax
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -35,20 +36,23 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh))
 
 
-def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+def global_batch(local_batch: dict, mesh: Mesh, stacked: bool = False) -> dict:
     """This process's rows -> global arrays split along the batch axis over the mesh.
 
     Every process passes its own host-local rows; the global batch is their
-    concatenation in process order. The copy to devices is asynchronous.
+    concatenation in process order. The copy to devices is asynchronous. `stacked`:
+    the arrays carry a leading axis of consecutive steps (see `data_parallel`) and the
+    batch axis is the second.
     """
     local_devices = len(mesh.local_devices)
-    sharding = batch_sharding(mesh)
+    sharding = NamedSharding(mesh, P(None, AXIS)) if stacked else batch_sharding(mesh)
+    axis = 1 if stacked else 0
 
     def put(x):
         x = np.asarray(x)
-        if x.shape[0] % local_devices:
+        if x.shape[axis] % local_devices:
             raise ValueError(
-                f"the per-process batch ({x.shape[0]} rows) must divide evenly over this "
+                f"the per-process batch ({x.shape[axis]} rows) must divide evenly over this "
                 f"process's {local_devices} devices; choose train.batch_size as a multiple "
                 f"of {jax.device_count()}"
             )
@@ -57,7 +61,9 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     return jax.tree.map(put, local_batch)
 
 
-def data_parallel(per_device_step, mesh: Mesh, donate_state: bool = True):
+def data_parallel(
+    per_device_step, mesh: Mesh, donate_state: bool = True, steps_per_dispatch: int = 1
+):
     """jit(shard_map(step)): `step(state, batch) -> (state, metrics)` over all devices.
 
     The state (first argument) is replicated and, by default, donated so its buffers
@@ -65,11 +71,43 @@ def data_parallel(per_device_step, mesh: Mesh, donate_state: bool = True):
     replicated: the step must make them identical on every device (pmean).
     `check_vma=False` keeps pmap's semantics, where gradients of replicated params
     are per-device until the step averages them explicitly.
+
+    `steps_per_dispatch` = k > 1 runs k consecutive steps per call with `lax.scan`, so
+    the host dispatches once per k steps (it pays where a step is short next to the
+    per-call overhead). The batch then has a leading axis of k steps (`global_batch(...,
+    stacked=True)`) and every metric gains that leading axis.
     """
+    if steps_per_dispatch < 1:
+        raise ValueError(f"steps_per_dispatch must be >= 1, got {steps_per_dispatch}")
+    step, batch_spec = per_device_step, P(AXIS)
+    if steps_per_dispatch > 1:
+
+        def step(state, batches):
+            return lax.scan(per_device_step, state, batches)
+
+        batch_spec = P(None, AXIS)
     mapped = jax.shard_map(
-        per_device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False
+        step, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=False
     )
     return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
+
+
+class Grouped:
+    """Stacks `k` consecutive batches of `stream` into one (leading axis k) for a
+    `steps_per_dispatch=k` step; its state is the stream's after the group's last batch."""
+
+    def __init__(self, stream, k):
+        self._stream, self._k = stream, k
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        group = [next(self._stream) for _ in range(self._k)]
+        return jax.tree.map(lambda *xs: np.stack(xs), *group)
+
+    def get_state(self):
+        return self._stream.get_state()
 
 
 class Prefetcher:

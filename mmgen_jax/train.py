@@ -19,6 +19,7 @@ RESUMABLE_CHANGES = (
     "train.log_every",
     "train.checkpoint_every",
     "train.max_to_keep",
+    "train.deterministic",
     "train.sample_every",
     "train.eval_every",
     "data.data_dir",
@@ -81,16 +82,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         stream.close()
         return state
 
-    train_step = parallel.data_parallel(family.train_step, mesh)
+    k = _steps_per_dispatch(config, start)
+    train_step = parallel.data_parallel(family.train_step, mesh, steps_per_dispatch=k)
     batches = parallel.Prefetcher(
-        stream, lambda b: parallel.global_batch(family.device_batch(b), mesh)
+        stream if k == 1 else parallel.Grouped(stream, k),
+        lambda b: parallel.global_batch(family.device_batch(b), mesh, stacked=k > 1),
     )
-    writer = writers.MetricWriter(workdir, enabled=is_main)
+    # Rows a crashed run wrote after its last checkpoint are dropped: they are redone.
+    writer = writers.MetricWriter(workdir, enabled=is_main, after_step=start)
     progress = writers.Progress(num_steps, start, enabled=is_main)
     draws = hasattr(family, "generate")  # the domain evaluator draws nothing
     samples = _SampleGrid(config, family, data_dir, workdir) if is_main and draws else None
     evaluation = during_training.create(config, family, data_dir, workdir)
-    stop = checkpoint.StopRequest()
+    # One process polls its own SIGTERM flag; several agree on the step through Orbax's
+    # preemption sync point, whose notifier owns SIGTERM (a Python handler would hide it).
+    stop = checkpoint.StopRequest() if jax.process_count() == 1 else None
     pending = []  # this interval's metrics, still on device: no sync per step
     t = config.train
     log.info(
@@ -103,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     )
 
     try:
-        for step in range(start + 1, num_steps + 1):
+        for step in range(start + k, num_steps + 1, k):
             state, metrics = train_step(state, next(batches))
             pending.append(metrics)
             stopping = _should_stop(stop, ckpt, step)
@@ -127,7 +133,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         ckpt.close()
         if evaluation is not None:
             evaluation.close()
-        stop.restore_handlers()
+        if stop is not None:
+            stop.restore_handlers()
         progress.close()
         writer.close()
         stream.close()
@@ -148,6 +155,28 @@ def _restore_or_init(family, ckpt, stream, rng, mesh):
     return state, latest
 
 
+def _steps_per_dispatch(config, start):
+    """train.steps_per_dispatch, checked: every boundary the loop acts on must fall on a
+    dispatch boundary."""
+    t = config.train
+    k = t.steps_per_dispatch
+    fields = {
+        "num_steps": t.num_steps,
+        "log_every": t.log_every,
+        "checkpoint_every": t.checkpoint_every,
+        "sample_every": t.sample_every,
+        "eval_every": t.get("eval_every", 0),
+        "resumed step": start,
+    }
+    bad = [f"{name}={value}" for name, value in fields.items() if k < 1 or value % k]
+    if bad:
+        raise ValueError(
+            f"train.steps_per_dispatch={k} must be a positive divisor of {', '.join(bad)}: "
+            f"every boundary the loop acts on falls between dispatches"
+        )
+    return k
+
+
 def _should_stop(stop, ckpt, step):
     # Multi-process runs must agree on the step: Orbax's preemption sync point does that.
     if jax.process_count() > 1:
@@ -157,7 +186,8 @@ def _should_stop(stop, ckpt, step):
 
 def _mean_metrics(pending, step):
     host = jax.device_get(pending)
-    averaged = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    # A metric is a scalar per dispatch, or one value per step with steps_per_dispatch > 1.
+    averaged = {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in host[0]}
     bad = [k for k, v in averaged.items() if not np.isfinite(v)]
     if bad:
         raise FloatingPointError(

@@ -17,17 +17,40 @@ from PIL import Image, ImageDraw, ImageFont
 log = logging.getLogger("mmgen_jax")
 
 
+def configure_logging():
+    """Our progress lines at INFO on stderr; libraries at WARNING and above (Orbax's INFO
+    lines narrate every file it writes)."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    # TFDS suggests OpenCV for image decoding on every start; PIL serves these small images.
+    absl_logging.get_absl_logger().addFilter(
+        lambda record: "OpenCV is not installed" not in record.getMessage()
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    log.propagate = False
+
+
 class MetricWriter:
     """Appends `{"step", "wall_time", **metrics}` lines to metrics.jsonl and mirrors the
-    scalars to TensorBoard (tensorboardX: no TensorFlow in the training process)."""
+    scalars to TensorBoard (tensorboardX: no TensorFlow in the training process).
 
-    def __init__(self, workdir, enabled=True):
+    `after_step`: the step training resumes from; rows after it (written by a run that
+    was killed before its next checkpoint) are dropped, since those steps are redone.
+    """
+
+    def __init__(self, workdir, enabled=True, after_step=0):
         self.enabled = enabled
         if not enabled:
             return
         from tensorboardX import SummaryWriter  # imported lazily: process 0 only
 
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        path = os.path.join(workdir, "metrics.jsonl")
+        _drop_rows_after(path, after_step)
+        self._jsonl = open(path, "a", encoding="utf-8")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def scalars(self, step, metrics):
@@ -48,6 +71,29 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _drop_rows_after(path, step):
+    """Keeps the rows of `path` with "step" <= `step` (atomically; no-op if none differ)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    # A line cut short by a kill is not JSON: it is dropped with the rows after it.
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue
+    if len(kept) == len(lines):
+        return
+    log.warning("%s: dropping %d rows after step %d (redone)", path, len(lines) - len(kept), step)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 class Progress:

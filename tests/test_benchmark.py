@@ -91,7 +91,7 @@ def test_dcgan32_step_equals_textbook_reference():
     jax.tree.map(same_gradient, state.g.params, new_state.g.params, g_grads)
 
 
-def test_benchmark_cli_prints_its_numbers(data_dir):
+def _benchmark(data_dir, *flags):
     result = subprocess.run(
         [
             sys.executable,
@@ -102,8 +102,8 @@ def test_benchmark_cli_prints_its_numbers(data_dir):
             "--steps=2",
             "--warmup=1",
             "--repeats=2",
-            "--input",
             "--json",
+            *flags,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -111,7 +111,11 @@ def test_benchmark_cli_prints_its_numbers(data_dir):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_benchmark_cli_prints_its_numbers(data_dir):
+    stdout, numbers = _benchmark(data_dir, "--input")
     for key in (
         "images_per_sec",
         "ms_per_step",
@@ -122,4 +126,12 @@ def test_benchmark_cli_prints_its_numbers(data_dir):
         "input_examples_per_sec",
     ):
         assert numbers[key] > 0, key
-    assert numbers["devices"] == 4 and "images/s" in result.stdout
+    assert numbers["devices"] == 4 and "images/s" in stdout
+
+
+def test_benchmark_steps_per_dispatch_reports_per_step_numbers(data_dir):
+    _, one = _benchmark(data_dir)
+    _, three = _benchmark(data_dir, "--config.train.steps_per_dispatch=3")
+    assert three["steps_per_dispatch"] == 3
+    assert three["flops_per_step"] == one["flops_per_step"]
+    assert three["images_per_sec"] > 0

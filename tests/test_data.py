@@ -253,7 +253,8 @@ def test_concurrent_preparation_and_no_tensorflow_in_reader(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "False"
     entries = sorted(p.name for p in (tmp_path / NAME).iterdir())
-    assert entries == ["1.0.0"]  # one complete version, no leftovers
+    # one complete version, no leftovers
+    assert entries == [str(prepare.builder_class(NAME).VERSION)]
 
 
 # The pipeline.

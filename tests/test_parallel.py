@@ -67,3 +67,51 @@ def test_four_devices_equal_one_device(smoke_config):
     _assert_trees_close(metrics4, metrics1, rtol=1e-4, atol=1e-5)
     _assert_trees_close(state4, state1, rtol=1e-4, atol=1e-5)
     assert int(state4.step) == 3
+
+
+def test_steps_per_dispatch_equals_single_steps(smoke_config):
+    """lax.scan over k steps per call computes what k separate calls compute."""
+    family = families.get("gan")(smoke_config)
+    state = jax.jit(family.init)(jax.random.PRNGKey(0))
+    batches = [family.device_batch(b) for b in _batches(smoke_config, 4)]
+    mesh = parallel.make_mesh()
+
+    single = parallel.data_parallel(family.train_step, mesh, donate_state=False)
+    s1, metrics1 = parallel.replicate(state, mesh), []
+    for b in batches:
+        s1, m = single(s1, parallel.global_batch(b, mesh))
+        metrics1.append(m)
+
+    double = parallel.data_parallel(
+        family.train_step, mesh, donate_state=False, steps_per_dispatch=2
+    )
+    s2, metrics2 = parallel.replicate(state, mesh), []
+    for group in parallel.Grouped(iter(batches), 2):
+        s2, m = double(s2, parallel.global_batch(group, mesh, stacked=True))
+        metrics2.extend(jax.tree.map(lambda x, i=i: x[i], m) for i in range(2))
+
+    assert int(s2.step) == 4
+    _assert_trees_close(jax.device_get(metrics2), jax.device_get(metrics1))
+    _assert_trees_close(jax.device_get(s2), jax.device_get(s1))
+
+
+def test_bfloat16_compute_keeps_float32_params(smoke_config):
+    smoke_config.model.dtype = "bfloat16"
+    family = families.get("gan")(smoke_config)
+    state = jax.jit(family.init)(jax.random.PRNGKey(0))
+    batch = family.device_batch(_batches(smoke_config, 1)[0])
+    mesh = parallel.make_mesh()
+    step = parallel.data_parallel(family.train_step, mesh, donate_state=False)
+    new_state, metrics = step(parallel.replicate(state, mesh), parallel.global_batch(batch, mesh))
+
+    dtypes = {x.dtype for x in jax.tree.leaves((new_state.g.params, new_state.d.params))}
+    assert dtypes == {np.dtype("float32")}
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    variables = jax.tree.map(np.asarray, family.sampling_variables(new_state))
+    images = family.generate(
+        variables, batch["text"][:2], jax.random.PRNGKey(1), np.arange(2, dtype=np.uint32)
+    )
+    # The networks really compute in bfloat16: every output value is a bfloat16 number.
+    images = np.asarray(images, np.float32)
+    np.testing.assert_array_equal(images, images.astype(jax.numpy.bfloat16).astype(np.float32))
+    assert np.abs(images).max() > 0

@@ -145,8 +145,9 @@ def render(digit_image: np.ndarray, fg: int, bg: int) -> np.ndarray:
 class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
     """Coloured 32x32 handwritten digits with captions (see module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
+        "1.1.0": "Images stored as raw uint8 pixels (faster reads); same examples.",
         "1.0.0": "Initial release: 6 colour pairs per image, 6 caption "
         "templates (4 English, 2 Chinese), compositional hold-out.",
     }
@@ -156,8 +157,10 @@ class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
             description=__doc__,
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(
-                        shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format="png"
+                    # Raw pixels, not PNG: 3 KiB each, and reading skips the decoder, which
+                    # took ~40% of the input pipeline's time.
+                    "image": tfds.features.Tensor(
+                        shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
                     ),
                     "caption": tfds.features.Text(),
                     "label": tfds.features.ClassLabel(names=list(DIGIT_WORDS)),
