@@ -16,7 +16,7 @@ def defaults() -> ml_collections.ConfigDict:
     e.extractor = "evaluator"  # feature network for FD/KID/P-R: "evaluator" or "inception_v3"
     e.extractor_file = ""  # inception_v3: the user's exported feature function (see README)
     e.num_samples = 1800  # evaluate: test captions (and real test images) used, at most all
-    e.train_num_samples = 500  # the same during training (every train.eval_every steps)
+    e.train_num_samples = 1000  # the same during training (every train.eval_every steps)
     e.reference_split = "train"  # real images of the reference row, compared with real test
     e.kid_subsets = 50  # KID: random subsets averaged (mean and std reported)
     e.kid_subset_size = 500  # KID: samples per subset; needs at least this many per side
