@@ -1,6 +1,6 @@
 """The domain evaluator: an attribute classifier whose features and predictions measure runs.
 
-Train it once per dataset, before evaluating generative runs (~3 min on 2 CPU cores):
+Train it once per dataset, before evaluating generative runs (~4 min of CPU time):
     python -m mmgen_jax.main --config=configs/evaluator.py --workdir=runs/evaluator
 It writes its test accuracy per attribute to runs/evaluator/accuracy.json. Then
     python -m mmgen_jax.evaluate --workdir=runs/gan

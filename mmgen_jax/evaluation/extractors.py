@@ -84,8 +84,8 @@ class ExportedFeatures:
     The file is `jax.export.export(jax.jit(f))(spec).serialize()` for a function
     `f(images) -> features (N, D)` taking float32 images (N, S, S, 3) in [-1, 1], N fixed or
     symbolic. Images are resized bilinearly to S x S first. For FID, `f` is Inception-v3
-    up to its 2048-d average pool, e.g. a Flax port of the TF-slim FID network
-    (pt_inception-2015-12-05 weights) wrapped so it takes [-1, 1] inputs.
+    up to its 2048-d average pool, e.g. a JAX/Flax port of the FID network (the 2015-12-05
+    TensorFlow graph that TTUR and pytorch-fid use) wrapped so it takes [-1, 1] inputs.
     """
 
     tag = "inception"
