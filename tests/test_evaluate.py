@@ -4,11 +4,14 @@ import json
 import subprocess
 import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from conftest import ROOT, load_config
 
-from mmgen_jax import train
+from mmgen_jax import runs, train
 from mmgen_jax.evaluation import report as evaluate
+from mmgen_jax.evaluation import settings, suite
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +123,35 @@ def test_evaluate_without_evaluator_names_the_training_command(gan_dir, tmp_path
         evaluate.evaluate(str(gan_dir), overrides=overrides)
     command = f"python -m mmgen_jax.main --config=configs/evaluator.py --workdir={tmp_path}"
     assert command in str(error.value)
+
+
+class _Describer:
+    """A GAN family plus the caption methods of the multimodal VAE, answering with the test
+    set's own captions: a perfect describer, and joint samples that are real pairs."""
+
+    def __init__(self, gan, test):
+        self.gan, self.test = gan, test
+
+    def generate(self, variables, tokens, key, indices):
+        return self.gan.generate(variables, tokens, key, indices)
+
+    def describe(self, variables, images, key, indices, temperature=0.0):
+        return jnp.asarray(self.test["text"])[indices]
+
+    def joint(self, variables, key, indices):
+        return jnp.asarray(self.test["image"])[indices], jnp.asarray(self.test["text"])[indices]
+
+
+def test_caption_metrics_of_a_family_that_describes(gan_dir, evaluator_dir, data_dir):
+    config, family, variables = runs.load_run(str(gan_dir))
+    s = settings.with_defaults(config.eval)[0]
+    s.evaluator_workdir, s.num_samples = str(evaluator_dir), 64
+    measure = suite.Suite(config, s, s.num_samples, data_dir)
+    values = measure.measure_run(_Describer(family, measure.test), variables)
+    assert values["caption_bleu4"] == pytest.approx(1.0)
+    assert values["caption_parsed"] == 1.0
+    assert values["caption_label"] == values["caption_fg"] == values["caption_bg"] == 1.0
+    # Real pairs: coherent exactly where the evaluator reads the real image right.
+    _, read = measure.judge(measure.test["image"])
+    right = np.logical_and.reduce([read[h] == measure.targets[h] for h in read])
+    assert values["joint_coherence"] == pytest.approx(right.mean())
