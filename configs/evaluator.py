@@ -33,11 +33,15 @@ def get_config(arg=None):
     # One softmax head per attribute the dataset stores: {feature name: number of classes}
     # (digits_captions: the digit `label`, foreground `fg` and background `bg` colours).
     m.heads = ml_collections.ConfigDict({"label": 10, "fg": 6, "bg": 6})
-    # Heads whose class does not depend on colour (the digit): they also learn from
-    # recoloured images (train.recolour_prob), so they read shape rather than colour.
+    # Heads whose class does not depend on colour (the digit): they read a colour-free stroke
+    # map (models/classifier.py) through the shape trunk, and also learn from recoloured
+    # images (train.recolour_prob); the other heads read the RGB image (colour trunk).
     m.colour_invariant_heads = ("label",)
-    m.width = 32  # channels of the first convolution (doubling twice)
-    m.feature_dim = 128  # penultimate features: the space of FD, KID, precision/recall
+    m.width = 32  # shape trunk: channels of the first convolution (doubling twice)
+    m.feature_dim = 128  # shape trunk's penultimate features
+    m.colour_width = 8  # colour trunk: channels of the first convolution (multiple of 8)
+    m.colour_feature_dim = 32  # colour trunk's penultimate features
+    # FD, KID and precision/recall use both trunks' features side by side (160-d).
 
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 2000  # optimisation steps
@@ -70,6 +74,7 @@ def _smoke(c):
     """Tiny and fast: for tests and CI."""
     c.model.width = 8
     c.model.feature_dim = 16
+    c.model.colour_feature_dim = 8
     c.train.num_steps = 6
     c.train.batch_size = 16
     c.train.log_every = 2

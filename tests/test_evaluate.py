@@ -12,6 +12,7 @@ from conftest import ROOT, load_config
 from mmgen_jax import runs, train
 from mmgen_jax.evaluation import report as evaluate
 from mmgen_jax.evaluation import settings, suite
+from mmgen_jax.models.classifier import stroke_map
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,23 @@ def test_evaluator_trains_and_writes_its_test_accuracy(evaluator_dir):
     assert not (evaluator_dir / "samples").exists()  # nothing to draw
     logged = [r for r in _rows(evaluator_dir / "metrics.jsonl") if "test_accuracy" in r]
     assert [r["step"] for r in logged] == [3, 6]
+
+
+def test_digit_head_reads_a_colour_free_stroke_map(evaluator_dir, data_dir):
+    """Recolouring real test images (a per-channel affine map, as augmentation does) leaves
+    the stroke map, and so the digit head's logits, unchanged; the colour heads change."""
+    config, family, variables = runs.load_run(str(evaluator_dir))
+    images = jnp.asarray(suite.load_split(config, "test", 16, data_dir)["image"])
+    recoloured = jnp.array([-0.5, 0.9, 0.3]) * images[..., ::-1] + jnp.array([0.2, 0.0, -0.4])
+    strokes = stroke_map(images)
+    assert strokes.shape == (16, 32, 32, 1)
+    assert float(jnp.max(strokes[:, :, 0])) == -1.0  # the left column is background
+    assert float(jnp.max(strokes)) == 1.0  # the farthest pixels are foreground
+    np.testing.assert_allclose(stroke_map(recoloured), strokes, atol=1e-4)
+    _, logits = family.net.apply(variables, images)
+    _, logits_recoloured = family.net.apply(variables, recoloured)
+    np.testing.assert_allclose(logits_recoloured["label"], logits["label"], atol=1e-4)
+    assert not np.allclose(logits_recoloured["fg"], logits["fg"], atol=1e-2)
 
 
 def test_evaluator_heads_must_be_dataset_attributes(tmp_path, data_dir):

@@ -34,13 +34,26 @@ class Evaluator:
         self.axis_name = axis_name
         m = config.model
         self.heads = {name: int(k) for name, k in m.heads.items()}
+        if "colour_width" not in m:
+            raise ValueError(
+                "this evaluator was trained before the evaluator had a shape trunk (stroke map) "
+                "and a colour trunk, and its checkpoint does not fit today's network: retrain "
+                "it with `python -m mmgen_jax.main --config=configs/evaluator.py --workdir=DIR`"
+            )
         unknown = sorted(set(m.colour_invariant_heads) - set(self.heads))
         if unknown:
             raise ValueError(
                 f"config.model.colour_invariant_heads names {unknown}, not heads "
                 f"({sorted(self.heads)}); list only names in config.model.heads"
             )
-        self.net = AttributeClassifier(heads=self.heads, width=m.width, feature_dim=m.feature_dim)
+        self.net = AttributeClassifier(
+            heads=self.heads,
+            shape_heads=tuple(m.colour_invariant_heads),
+            width=m.width,
+            feature_dim=m.feature_dim,
+            colour_width=m.colour_width,
+            colour_feature_dim=m.colour_feature_dim,
+        )
         self.tx = optax.adam(config.train.lr)
 
     def init(self, rng) -> EvaluatorState:
@@ -83,9 +96,10 @@ class Evaluator:
         colours: x_c -> a_c x_c + b_c per RGB channel, |a_c| in [0.3, 1] with a random sign
         and b_c keeping [-1, 1]. That maps a two-colour image (stroke intensity t:
         t fg + (1 - t) bg) to the same strokes in another colour pair. Only the
-        `colour_invariant_heads` learn from recoloured images, so a digit is read from its
-        shape: with colours as a cue, the digit head erred more on colour combinations
-        absent from training (held-out) than on seen ones.
+        `colour_invariant_heads` learn from recoloured images. They read the colour-free
+        stroke map (`models.classifier.stroke_map`), which recolouring leaves nearly
+        unchanged; the recoloured images make them robust to the map's small departures
+        (noise, blended colours) in colour pairs that training lacks.
         """
         t = self.config.train
         s = t.augment_shift
