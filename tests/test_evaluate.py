@@ -12,6 +12,7 @@ from conftest import ROOT, load_config
 from mmgen_jax import runs, train
 from mmgen_jax.evaluation import report as evaluate
 from mmgen_jax.evaluation import settings, suite
+from mmgen_jax.families.evaluator import gaussian_blur
 from mmgen_jax.models.classifier import stroke_map
 
 
@@ -68,6 +69,18 @@ def test_digit_head_reads_a_colour_free_stroke_map(evaluator_dir, data_dir):
     _, logits_recoloured = family.net.apply(variables, recoloured)
     np.testing.assert_allclose(logits_recoloured["label"], logits["label"], atol=1e-4)
     assert not np.allclose(logits_recoloured["fg"], logits["fg"], atol=1e-2)
+
+
+def test_blur_augmentation_is_a_normalised_gaussian():
+    impulse = jnp.zeros((7, 7, 1)).at[3, 3, 0].set(1.0)
+    np.testing.assert_array_equal(gaussian_blur(impulse, 0.0), impulse)
+    taps = np.exp(-(np.arange(-2, 3) ** 2) / 2.0)
+    taps /= taps.sum()
+    np.testing.assert_allclose(
+        gaussian_blur(impulse, 1.0)[1:6, 1:6, 0], np.outer(taps, taps), atol=1e-6
+    )
+    flat = jnp.full((5, 5, 3), 0.3)
+    np.testing.assert_allclose(gaussian_blur(flat, 0.7), flat, atol=1e-6)
 
 
 def test_evaluator_heads_must_be_dataset_attributes(tmp_path, data_dir):

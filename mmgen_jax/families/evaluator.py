@@ -92,7 +92,8 @@ class Evaluator:
         """-> (augmented images, (B,) 1.0 where the colours are untouched, else 0.0).
 
         Per example, from its stream index: a random shift of up to `augment_shift` pixels
-        (edge-padded), Gaussian pixel noise, and with probability `recolour_prob` new
+        (edge-padded), a Gaussian blur of random width up to `augment_blur` pixels (generated
+        strokes are often smeared), Gaussian pixel noise, and with probability `recolour_prob` new
         colours: x_c -> a_c x_c + b_c per RGB channel, |a_c| in [0.3, 1] with a random sign
         and b_c keeping [-1, 1]. That maps a two-colour image (stroke intensity t:
         t fg + (1 - t) bg) to the same strokes in another colour pair. Only the
@@ -105,8 +106,8 @@ class Evaluator:
         s = t.augment_shift
 
         def one(image, i):
-            k_shift, k_noise, k_colour, k_scale, k_sign, k_offset = jax.random.split(
-                jax.random.fold_in(key, i), 6
+            k_shift, k_noise, k_colour, k_scale, k_sign, k_offset, k_blur = jax.random.split(
+                jax.random.fold_in(key, i), 7
             )
             if s:
                 padded = jnp.pad(image, ((s, s), (s, s), (0, 0)), mode="edge")
@@ -119,6 +120,9 @@ class Evaluator:
             offset = jax.random.uniform(k_offset, (3,), minval=-room, maxval=room)
             recoloured = scale * image + offset
             image = jnp.where(recolour, recoloured, image)
+            if t.augment_blur:
+                sigma = jax.random.uniform(k_blur, (), maxval=t.augment_blur)
+                image = gaussian_blur(image, sigma)
             noisy = image + t.augment_noise * jax.random.normal(k_noise, image.shape)
             return noisy, 1.0 - recolour.astype(jnp.float32)
 
@@ -157,6 +161,18 @@ class Evaluator:
         """images in [-1, 1] -> (penultimate features, {head: predicted class int32})."""
         features, logits = self.net.apply(variables, images)
         return features, {n: jnp.argmax(v, -1).astype(jnp.int32) for n, v in logits.items()}
+
+
+def gaussian_blur(image, sigma, radius=2):
+    """(H, W, C) image blurred by a separable Gaussian of std `sigma` pixels (edge-padded);
+    sigma 0 leaves it unchanged."""
+    taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    w = jnp.exp(-(taps**2) / (2.0 * sigma**2 + 1e-6))
+    w = w / jnp.sum(w)
+    h, wd = image.shape[:2]
+    p = jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
+    p = sum(w[k] * p[k : k + h] for k in range(2 * radius + 1))
+    return sum(w[k] * p[:, k : k + wd] for k in range(2 * radius + 1))
 
 
 def _weighted_mean(values, weights):
