@@ -1,8 +1,9 @@
 """Model families: each maps a config to state, init, a per-device train step and generation."""
 
 from mmgen_jax.families.gan import GAN
+from mmgen_jax.families.vae import VAE
 
-FAMILIES = {"gan": GAN}
+FAMILIES = {"gan": GAN, "vae": VAE}
 
 
 def get(name):
