@@ -39,6 +39,7 @@ def get_config(arg=None):
     m.text_layers = 2  # caption encoder depth
     m.text_dim = 128  # pooled caption feature size before the posterior head
     m.decoder_hidden = 96  # GRU state size of the caption decoder
+    m.num_classes = 10  # classes of the dataset's label (only with train.aux_classifier_weight)
     m.dtype = "float32"  # compute dtype ("bfloat16" on accelerators; params stay float32)
 
     c.train = t = ml_collections.ConfigDict()
@@ -58,6 +59,12 @@ def get_config(arg=None):
     # at 1 the digit word (log 10 nats) is not worth its KL cost and goes unread (digit at
     # chance both ways); at 50 the latent carries it.
     t.text_weight = 50.0
+    # Share of the caption decoder's teacher-forced input tokens replaced by PAD, so that it
+    # reads the caption from z instead of guessing it from the previous tokens (0 = off).
+    t.word_dropout = 0.25
+    # Where the dataset has labels: a head on z names the label (as the GAN's auxiliary
+    # heads); 0 = captions only, the default.
+    t.aux_classifier_weight = 0.0
     t.ema_decay = 0.999  # EMA of params used for sampling (0 = no EMA)
     t.log_every = 100  # steps between metric lines
     t.checkpoint_every = 1000  # steps between (asynchronous) checkpoints

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmgen_jax import elbo
+from mmgen_jax import elbo, losses
 from mmgen_jax.models import vae as vae_lib
 
 FUSIONS = ("poe", "moe")
@@ -62,6 +62,7 @@ class VAE:
             text_dim=m.text_dim,
             text_encoder=m.text_encoder,
             decoder_hidden=m.decoder_hidden,
+            num_classes=m.num_classes if t.aux_classifier_weight else 0,
             dtype=jnp.dtype(m.dtype),
         )
         self.tx = optax.adam(t.lr, b1=t.b1, b2=t.b2)
@@ -84,11 +85,20 @@ class VAE:
 
     def device_batch(self, batch):
         """The host batch fields the step reads, in device dtypes (no int64 on device)."""
-        return {
+        out = {
             "image": batch["image"],
             "text": batch["text"],
             "index": (batch["index"] % 2**32).astype("uint32"),
         }
+        if self.config.train.aux_classifier_weight:
+            if "label" not in batch:
+                raise ValueError(
+                    f"train.aux_classifier_weight > 0 needs a dataset with a 'label' feature "
+                    f"and {self.config.data.name!r} has none: set "
+                    f"--config.train.aux_classifier_weight=0"
+                )
+            out["label"] = batch["label"].astype("int32")
+        return out
 
     # ---- posteriors and sampling helpers -------------------------------------------
     def _apply(self, params, method, *args):
@@ -120,7 +130,16 @@ class VAE:
         )
 
         def loss_fn(params):
-            return objective(params, batch["image"], batch["text"], batch["index"], key, beta)
+            loss, metrics, z = objective(
+                params, batch["image"], batch["text"], batch["index"], key, beta
+            )
+            if t.aux_classifier_weight:
+                # Optional, where the data has labels (as the GAN's heads): z names the label.
+                logits = self._apply(params, "classify", jnp.concatenate(z))
+                labels = jnp.concatenate([batch["label"]] * len(z))
+                metrics["z_class"] = losses.classification_loss(logits, labels)
+                loss += t.aux_classifier_weight * metrics["z_class"]
+            return loss, metrics
 
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
         grads = jax.lax.pmean(grads, self.axis_name)
@@ -136,7 +155,19 @@ class VAE:
         )
         return new_state, metrics
 
-    def _likelihoods(self, params, z_image, z_text, images, tokens):
+    def _decoder_inputs(self, tokens, index, key):
+        """The caption shifted right, each input token replaced by PAD with probability
+        train.word_dropout (never the first): the decoder must then read the caption from z
+        instead of guessing it from the previous tokens (Bowman et al. 2016)."""
+        inputs = vae_lib.shift_right(tokens)
+        rate = self.config.train.word_dropout
+        if not rate:
+            return inputs
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+        drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate, tokens.shape[1:]))(keys)
+        return jnp.where(drop.at[:, 0].set(False), PAD_ID, inputs)
+
+    def _likelihoods(self, params, z_image, z_text, images, tokens, inputs):
         """Decodes images from each z of `z_image` and captions from each of `z_text` (lists
         of (B, D)) in one batched call per decoder. -> (image lls, caption lls, image MSEs,
         caption accuracy counts), one entry per z."""
@@ -147,7 +178,7 @@ class VAE:
             params,
             "decode_text",
             jnp.concatenate(z_text),
-            jnp.concatenate([tokens] * len(z_text)),
+            jnp.concatenate([inputs] * len(z_text)),
         )
         text = elbo.caption_log_likelihood(logits, jnp.concatenate([tokens] * len(z_text)))
         text_ll, correct, count = (jnp.split(x, len(z_text)) for x in text)
@@ -169,8 +200,9 @@ class VAE:
             self._sample(jax.random.fold_in(key, k), index, *q)
             for k, q in enumerate((joint_q, image_q, text_q))
         )
+        inputs = self._decoder_inputs(tokens, index, jax.random.fold_in(key, 3))
         (ll_x, ll_x_only), (ll_t, ll_t_only), (mse, _), ((correct, _), (count, _)) = (
-            self._likelihoods(params, [z_joint, z_image], [z_joint, z_text], images, tokens)
+            self._likelihoods(params, [z_joint, z_image], [z_joint, z_text], images, tokens, inputs)
         )
         kl_joint, kl_x, kl_t = (elbo.gaussian_kl(*q) for q in (joint_q, image_q, text_q))
         total = (
@@ -188,7 +220,7 @@ class VAE:
             "image_mse": mse,
             "text_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(count), 1.0),
         }
-        return -jnp.mean(total), metrics
+        return -jnp.mean(total), metrics, [z_joint, z_image, z_text]
 
     def _moe_objective(self, params, images, tokens, index, key, beta):
         """MMVAE's stratified ELBO: z from each expert reconstructs both modalities; the KL
@@ -202,7 +234,10 @@ class VAE:
             self._sample(jax.random.fold_in(key, k), index, *q)
             for k, q in enumerate((image_q, text_q))
         ]
-        image_ll, text_ll, mse, (correct, count) = self._likelihoods(params, z, z, images, tokens)
+        inputs = self._decoder_inputs(tokens, index, jax.random.fold_in(key, 3))
+        image_ll, text_ll, mse, (correct, count) = self._likelihoods(
+            params, z, z, images, tokens, inputs
+        )
         zeros = jnp.zeros_like(z[0])
         kl = [
             elbo.mixture_log_prob(zm, *experts) - elbo.gaussian_log_prob(zm, zeros, zeros)
@@ -223,7 +258,7 @@ class VAE:
             "text_accuracy": sum(map(jnp.sum, correct))
             / jnp.maximum(sum(map(jnp.sum, count)), 1.0),
         }
-        return -jnp.mean(total), metrics
+        return -jnp.mean(total), metrics, z
 
     # ---- generation ----------------------------------------------------------------
     def sampling_variables(self, state: VAEState):

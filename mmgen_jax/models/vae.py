@@ -144,6 +144,7 @@ class MultimodalVAE(nn.Module):
     text_dim: int = 128
     text_encoder: str = "conv"
     decoder_hidden: int = 128
+    num_classes: int = 0  # > 0: a label classifier on z (auxiliary head; 0 = none)
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -162,11 +163,15 @@ class MultimodalVAE(nn.Module):
         self.caption_decoder = CaptionDecoder(
             embed_dim=self.text_embed_dim, hidden=self.decoder_hidden, dtype=self.dtype
         )
+        if self.num_classes:
+            self.classifier = nn.Dense(self.num_classes)
 
     def __call__(self, images, tokens):
         z, _ = self.encode_image(images)
         self.encode_text(tokens)
-        return self.decode_image(z), self.decode_text(z, tokens)
+        if self.num_classes:
+            self.classify(z)
+        return self.decode_image(z), self.decode_text(z, shift_right(tokens))
 
     def encode_image(self, images):
         return self.image_encoder(images)
@@ -177,9 +182,14 @@ class MultimodalVAE(nn.Module):
     def decode_image(self, z):
         return self.image_decoder(z)
 
-    def decode_text(self, z, tokens):
-        """Teacher-forced next-token logits (B, L, vocab) for the caption `tokens`."""
-        return self.caption_decoder(z, shift_right(tokens))[1]
+    def decode_text(self, z, inputs):
+        """Teacher-forced next-token logits (B, L, vocab) from the decoder inputs: the caption
+        shifted right (`shift_right`), possibly with words dropped."""
+        return self.caption_decoder(z, inputs)[1]
+
+    def classify(self, z):
+        """Label logits (B, num_classes) from z (the optional auxiliary head)."""
+        return self.classifier(z).astype(jnp.float32)
 
     def start_text(self, z):
         """The caption decoder's state before its first token."""
