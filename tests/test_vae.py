@@ -306,3 +306,20 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data_dir):
         jax.device_get(straight),
         jax.device_get(resumed),
     )
+
+
+def test_word_dropout_blanks_decoder_inputs_but_never_the_start(family_and_variables):
+    family, _ = family_and_variables
+    tokens = jnp.asarray(tokenizer.encode_batch(["a red handwritten seven"] * 64, 48))
+    index = jnp.arange(64, dtype=jnp.uint32)
+    inputs = np.asarray(family._decoder_inputs(tokens, index, jax.random.PRNGKey(0)))
+    shifted = np.asarray(tokens)[:, :-1]
+    assert np.all(inputs[:, 0] == 1)  # BOS stays
+    kept = inputs[:, 1:] == shifted
+    blank = inputs[:, 1:] == tokenizer.PAD
+    assert np.all(kept | blank)
+    real = shifted != tokenizer.PAD  # positions holding caption bytes or EOS
+    rate = family.config.train.word_dropout
+    assert blank[real].mean() == pytest.approx(rate, abs=0.03)
+    again = family._decoder_inputs(tokens, index, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(inputs, np.asarray(again))
