@@ -59,7 +59,7 @@ def get_config(arg=None):
     t.image_weight = 1.0  # weight of the image log-likelihood
     # Weight of the caption log-likelihood (summed over its ~45 tokens, against ~3k pixels):
     # at 1 the digit word (log 10 nats) is not worth its KL cost and goes unread (digit at
-    # chance both ways); at 50 the latent carries it.
+    # chance both ways); 50 makes it worth encoding.
     t.text_weight = 50.0
     # Share of the caption decoder's teacher-forced input tokens replaced by PAD, so that it
     # reads the caption from z instead of guessing it from the previous tokens (0 = off).
