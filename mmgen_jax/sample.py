@@ -1,29 +1,45 @@
-"""Captions in, images out, from a trained run.
+"""Samples from a trained run: captions in, images out (any family); for the multimodal VAE
+also images in, captions out; joint samples; reconstructions.
 
   python -m mmgen_jax.sample --workdir=runs/gan --captions_file=captions.txt --out_dir=out
       one PNG per caption line (UTF-8) and out/index.jsonl ({"file", "caption"} per image)
   python -m mmgen_jax.sample --workdir=runs/gan --num=16 --out=grid.png \
       --caption="a red handwritten seven on a blue background"
+  VAE runs only (--mode, default text2image as above):
+  --mode=image2text --out_dir=out [--images_dir=DIR] [--temperature=0.7]
+      a caption for every image of DIR (PNG/JPEG), or of the eval split (the first --num
+      when --num is given); out/index.jsonl holds {"file", "caption"} (+ "reference", the
+      true caption, for the split) and out/ a PNG copy of each image
+  --mode=joint --num=16 --out_dir=out         z ~ prior -> image + caption pairs
+  --mode=reconstruct --num=16 --out_dir=out   eval-split pairs through the joint posterior
 
-Image i uses noise fold_in(PRNGKey(seed), i): the same seed gives the same images,
+Sample i uses noise fold_in(PRNGKey(seed), i): the same seed gives the same samples,
 whatever the batch size.
 """
 
 import json
 import os
 
+import jax
+import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from mmgen_jax import writers
-from mmgen_jax.data import tokenizer
+from mmgen_jax import parallel, writers
+from mmgen_jax.data import pipeline, prepare, tokenizer
 from mmgen_jax.runs import generate_from_tokens, load_run
 
 flags.DEFINE_string("workdir", None, "A training run's directory.")
+MODES = ("text2image", "image2text", "joint", "reconstruct")
+flags.DEFINE_enum("mode", "text2image", MODES, "What to sample (all but text2image: VAE runs).")
+flags.DEFINE_string("images_dir", None, "image2text: a folder of images (default: eval split).")
+flags.DEFINE_float("temperature", 0.0, "image2text: caption sampling temperature (0 = greedy).")
 flags.DEFINE_string("captions_file", None, "UTF-8 text file, one caption per line.")
-flags.DEFINE_string("out_dir", None, "Where the PNGs and index.jsonl go (with --captions_file).")
+flags.DEFINE_string("out_dir", None, "Where the PNGs and index.jsonl go.")
 flags.DEFINE_string("caption", None, "One caption for a quick grid (with --out).")
-flags.DEFINE_integer("num", 16, "Images in the quick grid (rounded up to rows of 8).")
+flags.DEFINE_integer(
+    "num", 16, "Images in the quick grid (rounded up to rows of 8); joint/reconstruct samples."
+)
 flags.DEFINE_string("out", None, "Path of the quick grid PNG.")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -42,6 +58,74 @@ def generate(family, variables, captions, max_text_len, seed=0, batch_size=256):
     return writers.to_uint8(generate_from_tokens(family, variables, tokens, seed, batch_size))
 
 
+def batched(fn, shared, arrays, num, batch_size):
+    """`fn(shared, *rows, indices)` over `num` rows in data-parallel batches; row i is passed
+    index i (its noise and sampling key)."""
+    indices = np.arange(num, dtype=np.uint32)
+    return parallel.BatchedMap(fn)(shared, *arrays, indices, batch_size=batch_size)
+
+
+def describe(family, variables, images, seed=0, batch_size=256, temperature=0.0):
+    """Captions (N strings) for float images (N, H, W, 3) in [-1, 1]; image i uses noise
+    index i."""
+    tokens = batched(
+        lambda s, x, i: family.describe(s[0], x, s[1], i, temperature),
+        (variables, jax.random.PRNGKey(seed)),
+        [images],
+        len(images),
+        batch_size,
+    )
+    return [tokenizer.decode(t) for t in tokens]
+
+
+def read_images(images_dir, image_size):
+    """(file names, float images (N, S, S, 3) in [-1, 1]) of the PNG/JPEG files in a folder,
+    converted to RGB and centre-cropped/resized as training data are."""
+    if not os.path.isdir(images_dir):
+        raise FileNotFoundError(f"--images_dir={images_dir} is not a folder of images")
+    names = sorted(
+        n for n in os.listdir(images_dir) if n.lower().endswith((".png", ".jpg", ".jpeg"))
+    )
+    if not names:
+        raise ValueError(f"{images_dir} holds no .png/.jpg/.jpeg files")
+    images = []
+    for name in names:
+        try:
+            with Image.open(os.path.join(images_dir, name)) as im:
+                array = np.asarray(im.convert("RGB"))
+        except OSError as e:
+            raise ValueError(f"{images_dir}/{name} is not a readable image ({e})") from e
+        images.append(pipeline.preprocess({"image": array}, image_size, 1)["image"])
+    return names, np.stack(images)
+
+
+def eval_examples(config, num=None):
+    """The first `num` (default: all) examples of the run's eval split."""
+    d = config.data
+    return pipeline.eval_batch(
+        name=d.name,
+        data_dir=d.data_dir or prepare.default_data_dir(),
+        split=d.eval_split,
+        image_size=d.image_size,
+        max_text_len=d.max_text_len,
+        num=num or 2**31 - 1,
+        builder_kwargs=pipeline.builder_kwargs(d),
+        at_most=True,
+    )
+
+
+def write_folder(out_dir, images, rows):
+    """PNGs 000000.png, ... and index.jsonl: one {"file", **row} line per image."""
+    os.makedirs(out_dir, exist_ok=True)
+    images = writers.to_uint8(images)
+    with open(os.path.join(out_dir, "index.jsonl"), "w", encoding="utf-8") as index:
+        for i, (image, row) in enumerate(zip(images, rows, strict=True)):
+            name = f"{i:06d}.png"
+            Image.fromarray(image).save(os.path.join(out_dir, name))
+            index.write(json.dumps({"file": name, **row}, ensure_ascii=False) + "\n")
+    print(f"wrote {len(rows)} images and index.jsonl to {out_dir}")
+
+
 def read_captions(path):
     try:
         with open(path, encoding="utf-8") as f:
@@ -56,6 +140,8 @@ def read_captions(path):
 
 def main(argv):
     del argv
+    if FLAGS.mode != "text2image":
+        return sample_vae(FLAGS.mode)
     if bool(FLAGS.captions_file) == bool(FLAGS.caption):
         raise app.UsageError(
             "give either --captions_file (with --out_dir) or --caption (with --out)"
@@ -69,15 +155,7 @@ def main(argv):
     if FLAGS.captions_file:
         captions = read_captions(FLAGS.captions_file)
         images = generate(family, variables, captions, max_len, FLAGS.seed, FLAGS.batch_size)
-        os.makedirs(FLAGS.out_dir, exist_ok=True)
-        with open(os.path.join(FLAGS.out_dir, "index.jsonl"), "w", encoding="utf-8") as index:
-            for i, (caption, image) in enumerate(zip(captions, images)):
-                name = f"{i:06d}.png"
-                Image.fromarray(image).save(os.path.join(FLAGS.out_dir, name))
-                index.write(
-                    json.dumps({"file": name, "caption": caption}, ensure_ascii=False) + "\n"
-                )
-        print(f"wrote {len(captions)} images and index.jsonl to {FLAGS.out_dir}")
+        write_folder(FLAGS.out_dir, images, [{"caption": c} for c in captions])
     else:
         cols = 8
         rows = -(-FLAGS.num // cols)
@@ -95,6 +173,50 @@ def main(argv):
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         grid.save(FLAGS.out)
         print(f"wrote {FLAGS.out}")
+
+
+def sample_vae(mode):
+    """image2text, joint and reconstruct: the modes of models that read and write both
+    images and captions."""
+    if not FLAGS.out_dir:
+        raise app.UsageError(f"--mode={mode} needs --out_dir")
+    config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
+    if not hasattr(family, "describe"):
+        raise app.UsageError(
+            f"--mode={mode} needs a model that also reads images and writes captions; "
+            f"{FLAGS.workdir} holds a {config.model.family!r} run: use --mode=text2image, or "
+            f"a run of configs/vae.py"
+        )
+    key, size = jax.random.PRNGKey(FLAGS.seed), FLAGS.batch_size
+    if mode == "image2text":
+        if FLAGS.images_dir:
+            names, images = read_images(FLAGS.images_dir, config.data.image_size)
+            rows = [{"source": n} for n in names]
+        else:
+            examples = eval_examples(config, FLAGS.num if FLAGS["num"].present else None)
+            images = examples["image"]
+            rows = [{"reference": c} for c in examples["caption"]]
+        captions = describe(family, variables, images, FLAGS.seed, size, FLAGS.temperature)
+        write_folder(FLAGS.out_dir, images, [{"caption": c, **r} for c, r in zip(captions, rows)])
+    elif mode == "joint":
+        images, tokens = batched(
+            lambda s, i: family.joint(s[0], s[1], i), (variables, key), [], FLAGS.num, size
+        )
+        write_folder(FLAGS.out_dir, images, [{"caption": tokenizer.decode(t)} for t in tokens])
+    else:  # reconstruct
+        examples = eval_examples(config, FLAGS.num)
+        images, tokens = batched(
+            lambda s, x, t, i: family.reconstruct(s[0], x, t, s[1], i),
+            (variables, key),
+            [examples["image"], examples["text"]],
+            len(examples["image"]),
+            size,
+        )
+        rows = [
+            {"caption": tokenizer.decode(t), "reference": c}
+            for t, c in zip(tokens, examples["caption"])
+        ]
+        write_folder(FLAGS.out_dir, images, rows)
 
 
 if __name__ == "__main__":

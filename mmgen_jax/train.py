@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 
 from mmgen_jax import checkpoint, families, parallel, writers
-from mmgen_jax.data import pipeline, prepare
+from mmgen_jax.data import pipeline, prepare, tokenizer
 from mmgen_jax.evaluation import during_training
 
 # Fields that may change between a run and its resumption; any other change means a
@@ -92,7 +92,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     writer = writers.MetricWriter(workdir, enabled=is_main, after_step=start)
     progress = writers.Progress(num_steps, start, enabled=is_main)
     draws = hasattr(family, "generate")  # the domain evaluator draws nothing
-    samples = _SampleGrid(config, family, data_dir, workdir) if is_main and draws else None
+    # Families that also write captions (the VAE) get the grid with both directions.
+    grid = _VAESampleGrid if hasattr(family, "describe") else _SampleGrid
+    samples = grid(config, family, data_dir, workdir) if is_main and draws else None
     evaluation = during_training.create(config, family, data_dir, workdir)
     # One process polls its own SIGTERM flag; several agree on the step through Orbax's
     # preemption sync point, whose notifier owns SIGTERM (a Python handler would hide it).
@@ -237,6 +239,45 @@ class _SampleGrid:
         images = np.asarray(self._generate(variables, self.tokens, self.key, self.indices))
         images = images.reshape(len(self.captions), self.cols, *images.shape[1:])
         grid = writers.caption_grid(self.captions, self.real, images)
+        grid.save(os.path.join(self.dir, f"step_{step}.png"))
+        writer.image(step, "samples", grid)
+
+
+class _VAESampleGrid(_SampleGrid):
+    """Per eval example: real image (caption generated from it written under it) | joint
+    reconstruction (its caption under it) | images generated from the caption | joint
+    samples z ~ p(z) with their generated captions."""
+
+    def __init__(self, config, family, data_dir, workdir):
+        super().__init__(config, family, data_dir, workdir)
+        rows = len(self.captions)
+        self.row_tokens = self.tokens[:: self.cols]
+        self.row_indices = np.arange(rows, dtype=np.uint32)
+        self._describe = jax.jit(family.describe)
+        self._reconstruct = jax.jit(family.reconstruct)
+        self._joint = jax.jit(family.joint)
+
+    def write(self, step, state, writer):
+        variables = jax.tree.map(
+            lambda x: x.addressable_data(0), self.family.sampling_variables(state)
+        )
+        rows, cols, key = len(self.captions), self.cols, self.key
+        from_text = np.asarray(self._generate(variables, self.tokens, key, self.indices))
+        described = np.asarray(self._describe(variables, self.real, key, self.row_indices))
+        recon, recon_tokens = self._reconstruct(
+            variables, self.real, self.row_tokens, key, self.row_indices
+        )
+        joint, joint_tokens = self._joint(variables, key, self.indices)
+        from_text = from_text.reshape(rows, cols, *from_text.shape[1:])
+        joint = np.asarray(joint).reshape(rows, cols, *from_text.shape[2:])
+        joint_text = [tokenizer.decode(t) for t in np.asarray(joint_tokens)]
+        columns = [
+            ("real", self.real, [tokenizer.decode(t) for t in described]),
+            ("reconstruction", np.asarray(recon), [tokenizer.decode(t) for t in recon_tokens]),
+            *((f"from caption {j + 1}", from_text[:, j], None) for j in range(cols)),
+            *((f"joint {j + 1}", joint[:, j], joint_text[j::cols]) for j in range(cols)),
+        ]
+        grid = writers.image_table(self.captions, columns, scale=3, note_lines=5)
         grid.save(os.path.join(self.dir, f"step_{step}.png"))
         writer.image(step, "samples", grid)
 

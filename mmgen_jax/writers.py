@@ -164,28 +164,47 @@ def caption_grid(captions, real, generated, scale=2, text_width=300):
     as floats in [-1, 1] or uint8.
     """
     generated = to_uint8(generated)
-    n, k, h, w, _ = generated.shape
-    cell, pad = h * scale, 4
-    font = _font(12)
-    columns = ([("real", to_uint8(real))] if real is not None else []) + [
-        (f"generated {j + 1}", generated[:, j]) for j in range(k)
+    columns = ([("real", real, None)] if real is not None else []) + [
+        (f"generated {j + 1}", generated[:, j], None) for j in range(generated.shape[1])
     ]
+    return image_table(captions, columns, scale=scale, text_width=text_width)
+
+
+def image_table(captions, columns, scale=2, text_width=300, note_lines=0):
+    """A grid with one row per caption: the caption on the left, then one image per column.
+
+    columns: (title, images (N, H, W, 3) as floats in [-1, 1] or uint8, notes) triples;
+    `notes` is None or N strings written under that column's images (e.g. generated
+    captions), wrapped to the image's width in at most `note_lines` lines.
+    """
+    h = to_uint8(columns[0][1]).shape[1]
+    cell, pad, line = h * scale, 4, 12
+    font, small = _font(12), _font(10)
     header = 16
+    row_height = cell + pad + (note_lines * line if any(c[2] is not None for c in columns) else 0)
     grid = Image.new(
         "RGB",
-        (text_width + len(columns) * (cell + pad) + pad, header + n * (cell + pad) + pad),
+        (text_width + len(columns) * (cell + pad) + pad, header + len(captions) * row_height + pad),
         "white",
     )
     draw = ImageDraw.Draw(grid)
-    for c, (title, _) in enumerate(columns):
+    for c, (title, _, _) in enumerate(columns):
         draw.text((text_width + c * (cell + pad) + pad, 2), title, fill="black", font=font)
     for r, caption in enumerate(captions):
-        y = header + r * (cell + pad) + pad
+        y = header + r * row_height + pad
         lines = textwrap.wrap(caption, width=max(10, text_width // 7))[: cell // 14]
         draw.multiline_text((pad, y), "\n".join(lines), fill="black", font=font, spacing=2)
-        for c, (_, images) in enumerate(columns):
-            tile = Image.fromarray(images[r]).resize((cell, cell), Image.NEAREST)
-            grid.paste(tile, (text_width + c * (cell + pad) + pad, y))
+        for c, (_, images, notes) in enumerate(columns):
+            x = text_width + c * (cell + pad) + pad
+            tile = Image.fromarray(to_uint8(images)[r]).resize((cell, cell), Image.NEAREST)
+            grid.paste(tile, (x, y))
+            if notes is not None and note_lines:
+                # Generated text may hold any code point; the font layout needs printable ones.
+                note = "".join(ch if ch.isprintable() else "?" for ch in notes[r])
+                wrapped = textwrap.wrap(note, width=max(4, cell // 7))[:note_lines]
+                draw.multiline_text(
+                    (x, y + cell + 1), "\n".join(wrapped), fill="black", font=small, spacing=1
+                )
     return grid
 
 

@@ -89,3 +89,12 @@ def test_non_utf8_captions_file_is_a_clear_error(tmp_path, run_dir):
         f"--workdir={run_dir}", f"--captions_file={bad}", f"--out_dir={tmp_path}", check=False
     )
     assert result.returncode != 0 and "is not UTF-8" in result.stderr
+
+
+def test_vae_only_modes_on_a_gan_run_are_a_clear_error(tmp_path, run_dir):
+    result = _sample(
+        f"--workdir={run_dir}", "--mode=image2text", f"--out_dir={tmp_path}", check=False
+    )
+    assert result.returncode != 0
+    assert "--mode=image2text needs a model that also reads images" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -2,8 +2,9 @@
 
 from mmgen_jax.families.evaluator import Evaluator
 from mmgen_jax.families.gan import GAN
+from mmgen_jax.families.vae import VAE
 
-FAMILIES = {"gan": GAN, "evaluator": Evaluator}
+FAMILIES = {"gan": GAN, "vae": VAE, "evaluator": Evaluator}
 
 
 def get(name):

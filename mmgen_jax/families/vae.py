@@ -1,0 +1,330 @@
+"""Multimodal VAE over (image, caption): one latent z for both, so one model generates both
+modalities jointly and translates between them.
+
+Fusion of the two Gaussian posteriors q(z|x) and q(z|t), by `config.model.fusion`:
+  'poe' (MVAE, Wu & Goodman 2018): q(z|x,t) is the product of the experts and a N(0, I) prior
+        expert; the objective is the joint ELBO plus the unimodal ELBOs of q(z|x) (image
+        only) and q(z|t) (caption only), MVAE's sub-sampled training.
+  'moe' (MMVAE, Shi et al. 2019): q(z|x,t) is the uniform mixture of the experts; the
+        stratified objective draws z from each expert and reconstructs *both* modalities
+        from it, with the KL estimated against the mixture density.
+Both: KL weight beta with a linear warm-up, per-modality reconstruction weights.
+
+`train_step` is written for one device's shard of the batch (pmap-style), averaged over
+`axis_name`; `mmgen_jax.parallel.data_parallel` maps it over all devices. All randomness of
+example i comes from fold_in(key, index_i), so results do not depend on the device count.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmgen_jax import elbo, losses
+from mmgen_jax.models import vae as vae_lib
+
+FUSIONS = ("poe", "moe")
+PAD_ID, EOS_ID = 0, 2  # the byte tokenizer's padding and end of caption (data/tokenizer.py)
+
+
+@flax.struct.dataclass
+class VAEState:
+    step: jax.Array  # int32 scalar: optimisation steps taken
+    rng: jax.Array  # raw uint32 PRNG key; per step and example via fold_in
+    params: Any
+    opt_state: Any
+    ema_params: Any  # exponential moving average of params, used for sampling
+
+
+class VAE:
+    """The family: networks and optimizer from a config, pure functions over VAEState."""
+
+    def __init__(self, config, axis_name="data"):
+        self.config = config
+        self.axis_name = axis_name
+        m, d, t = config.model, config.data, config.train
+        if m.fusion not in FUSIONS:
+            raise ValueError(f"config.model.fusion={m.fusion!r}: use one of {FUSIONS}")
+        if t.image_likelihood not in ("gaussian", "laplace"):
+            raise ValueError(
+                f"config.train.image_likelihood={t.image_likelihood!r}: use 'gaussian' or 'laplace'"
+            )
+        self.net = vae_lib.MultimodalVAE(
+            latent_dim=m.latent_dim,
+            image_size=d.image_size,
+            max_text_len=d.max_text_len,
+            image_width=m.image_width,
+            text_embed_dim=m.text_embed_dim,
+            text_width=m.text_width,
+            text_layers=m.text_layers,
+            text_dim=m.text_dim,
+            text_encoder=m.text_encoder,
+            decoder_hidden=m.decoder_hidden,
+            num_classes=m.num_classes if t.aux_classifier_weight else 0,
+            dtype=jnp.dtype(m.dtype),
+        )
+        self.tx = optax.adam(t.lr, b1=t.b1, b2=t.b2)
+
+    # ---- state -------------------------------------------------------------------
+    def init(self, rng) -> VAEState:
+        """A fresh state; deterministic in `rng`."""
+        d = self.config.data
+        key_params, key_run = jax.random.split(rng)
+        images = jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32)
+        tokens = jnp.zeros((1, d.max_text_len), jnp.int32)
+        params = self.net.init(key_params, images, tokens)["params"]
+        return VAEState(
+            step=jnp.zeros((), jnp.int32),
+            rng=key_run,
+            params=params,
+            opt_state=self.tx.init(params),
+            ema_params=params,
+        )
+
+    def device_batch(self, batch):
+        """The host batch fields the step reads, in device dtypes (no int64 on device)."""
+        out = {
+            "image": batch["image"],
+            "text": batch["text"],
+            "index": (batch["index"] % 2**32).astype("uint32"),
+        }
+        if self.config.train.aux_classifier_weight:
+            if "label" not in batch:
+                raise ValueError(
+                    f"train.aux_classifier_weight > 0 needs a dataset with a 'label' feature "
+                    f"and {self.config.data.name!r} has none: set "
+                    f"--config.train.aux_classifier_weight=0"
+                )
+            out["label"] = batch["label"].astype("int32")
+        return out
+
+    # ---- posteriors and sampling helpers -------------------------------------------
+    def _apply(self, params, method, *args):
+        return self.net.apply({"params": params}, *args, method=method)
+
+    def _joint_posterior(self, image_q, text_q):
+        """(means, logvars) stacked as experts for PoE (without the prior) or the mixture."""
+        return jnp.stack([image_q[0], text_q[0]]), jnp.stack([image_q[1], text_q[1]])
+
+    def _unimodal(self, q):
+        """The posterior used when only this modality is given: PoE adds the prior expert."""
+        if self.config.model.fusion == "poe":
+            return elbo.product_of_experts(q[0][None], q[1][None])
+        return q
+
+    def _sample(self, key, index, mean, logvar):
+        """z per example, from fold_in(key, index): independent of device count and batch."""
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+        return jax.vmap(elbo.reparameterize)(keys, mean, logvar)
+
+    # ---- the step ----------------------------------------------------------------
+    def train_step(self, state: VAEState, batch):
+        """One Adam update of all four networks on this device's shard."""
+        t = self.config.train
+        key = jax.random.fold_in(state.rng, state.step)
+        beta = elbo.kl_warmup(state.step, t.beta, t.kl_warmup_steps)
+        objective = (
+            self._poe_objective if self.config.model.fusion == "poe" else self._moe_objective
+        )
+
+        def loss_fn(params):
+            loss, metrics, z = objective(
+                params, batch["image"], batch["text"], batch["index"], key, beta
+            )
+            if t.aux_classifier_weight:
+                # Optional, where the data has labels (as the GAN's heads): z names the label.
+                logits = self._apply(params, "classify", jnp.concatenate(z))
+                labels = jnp.concatenate([batch["label"]] * len(z))
+                metrics["z_class"] = losses.classification_loss(logits, labels)
+                loss += t.aux_classifier_weight * metrics["z_class"]
+            return loss, metrics
+
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads = jax.lax.pmean(grads, self.axis_name)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # The EMA's decay warms up as (1 + step) / (10 + step) until it reaches ema_decay.
+        step = state.step.astype(jnp.float32)
+        decay = jnp.minimum(t.ema_decay, (1.0 + step) / (10.0 + step))
+        ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
+        metrics = jax.lax.pmean({**metrics, "beta": beta}, self.axis_name)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
+        )
+        return new_state, metrics
+
+    def _decoder_inputs(self, tokens, index, key):
+        """The caption shifted right, each input token replaced by PAD with probability
+        train.word_dropout (never the first): the decoder must then read the caption from z
+        instead of guessing it from the previous tokens (Bowman et al. 2016)."""
+        inputs = vae_lib.shift_right(tokens)
+        rate = self.config.train.word_dropout
+        if not rate:
+            return inputs
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+        drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate, tokens.shape[1:]))(keys)
+        return jnp.where(drop.at[:, 0].set(False), PAD_ID, inputs)
+
+    def _likelihoods(self, params, z_image, z_text, images, tokens, inputs):
+        """Decodes images from each z of `z_image` and captions from each of `z_text` (lists
+        of (B, D)) in one batched call per decoder. -> (image lls, caption lls, image MSEs,
+        caption accuracy counts), one entry per z."""
+        t = self.config.train
+        means = self._apply(params, "decode_image", jnp.concatenate(z_image))
+        means = jnp.split(means, len(z_image))
+        logits = self._apply(
+            params,
+            "decode_text",
+            jnp.concatenate(z_text),
+            jnp.concatenate([inputs] * len(z_text)),
+        )
+        text = elbo.caption_log_likelihood(logits, jnp.concatenate([tokens] * len(z_text)))
+        text_ll, correct, count = (jnp.split(x, len(z_text)) for x in text)
+        image_ll = [
+            elbo.image_log_likelihood(images, m, t.image_likelihood, t.image_scale) for m in means
+        ]
+        mse = [jnp.mean((images - m) ** 2) for m in means]
+        return image_ll, text_ll, mse, (correct, count)
+
+    def _poe_objective(self, params, images, tokens, index, key, beta):
+        """Joint ELBO of q(z|x,t) + image-only ELBO of q(z|x) + caption-only ELBO of q(z|t)."""
+        t = self.config.train
+        weights = (t.image_weight, t.text_weight)
+        image_q = self._apply(params, "encode_image", images)
+        text_q = self._apply(params, "encode_text", tokens)
+        joint_q = elbo.product_of_experts(*self._joint_posterior(image_q, text_q))
+        image_q, text_q = self._unimodal(image_q), self._unimodal(text_q)
+        z_joint, z_image, z_text = (
+            self._sample(jax.random.fold_in(key, k), index, *q)
+            for k, q in enumerate((joint_q, image_q, text_q))
+        )
+        inputs = self._decoder_inputs(tokens, index, jax.random.fold_in(key, 3))
+        (ll_x, ll_x_only), (ll_t, ll_t_only), (mse, _), ((correct, _), (count, _)) = (
+            self._likelihoods(params, [z_joint, z_image], [z_joint, z_text], images, tokens, inputs)
+        )
+        kl_joint, kl_x, kl_t = (elbo.gaussian_kl(*q) for q in (joint_q, image_q, text_q))
+        total = (
+            elbo.elbo([ll_x, ll_t], weights, kl_joint, beta)
+            + elbo.elbo([ll_x_only], weights[:1], kl_x, beta)
+            + elbo.elbo([ll_t_only], weights[1:], kl_t, beta)
+        )
+        metrics = {
+            "elbo": jnp.mean(ll_x + ll_t - kl_joint),  # the joint ELBO (unweighted, beta=1)
+            "recon_image": -jnp.mean(ll_x),
+            "recon_text": -jnp.mean(ll_t),
+            "kl": jnp.mean(kl_joint),
+            "kl_image": jnp.mean(kl_x),
+            "kl_text": jnp.mean(kl_t),
+            "image_mse": mse,
+            "text_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(count), 1.0),
+        }
+        return -jnp.mean(total), metrics, [z_joint, z_image, z_text]
+
+    def _moe_objective(self, params, images, tokens, index, key, beta):
+        """MMVAE's stratified ELBO: z from each expert reconstructs both modalities; the KL
+        is the single-sample estimate log q_mix(z|x,t) - log p(z)."""
+        t = self.config.train
+        weights = (t.image_weight, t.text_weight)
+        image_q = self._apply(params, "encode_image", images)
+        text_q = self._apply(params, "encode_text", tokens)
+        experts = self._joint_posterior(image_q, text_q)
+        z = [
+            self._sample(jax.random.fold_in(key, k), index, *q)
+            for k, q in enumerate((image_q, text_q))
+        ]
+        inputs = self._decoder_inputs(tokens, index, jax.random.fold_in(key, 3))
+        image_ll, text_ll, mse, (correct, count) = self._likelihoods(
+            params, z, z, images, tokens, inputs
+        )
+        zeros = jnp.zeros_like(z[0])
+        kl = [
+            elbo.mixture_log_prob(zm, *experts) - elbo.gaussian_log_prob(zm, zeros, zeros)
+            for zm in z
+        ]
+        total = (
+            sum(elbo.elbo([lx, lt], weights, k, beta) for lx, lt, k in zip(image_ll, text_ll, kl))
+            / 2
+        )
+        metrics = {
+            "elbo": jnp.mean(sum(lx + lt - k for lx, lt, k in zip(image_ll, text_ll, kl)) / 2),
+            "recon_image": -jnp.mean(sum(image_ll) / 2),
+            "recon_text": -jnp.mean(sum(text_ll) / 2),
+            "kl": jnp.mean(sum(kl) / 2),
+            "image_mse": sum(mse) / 2,
+            # Per-token accuracy of captions decoded from the image's z and the caption's z.
+            "text_accuracy_from_image": jnp.sum(correct[0]) / jnp.maximum(jnp.sum(count[0]), 1.0),
+            "text_accuracy": sum(map(jnp.sum, correct))
+            / jnp.maximum(sum(map(jnp.sum, count)), 1.0),
+        }
+        return -jnp.mean(total), metrics, z
+
+    # ---- generation ----------------------------------------------------------------
+    def sampling_variables(self, state: VAEState):
+        """The EMA parameters (or the live ones when EMA is off)."""
+        return {"params": state.ema_params if self.config.train.ema_decay else state.params}
+
+    def generate(self, variables, tokens, key, indices):
+        """Text -> image: images in [-1, 1] decoded from z ~ q(z|t); example i uses
+        fold_in(key, indices[i])."""
+        params = variables["params"]
+        q = self._unimodal(self._apply(params, "encode_text", tokens))
+        return self._apply(params, "decode_image", self._sample(key, indices, *q))
+
+    def describe(self, variables, images, key, indices, temperature=0.0):
+        """Image -> text: int32 caption tokens (N, max_text_len) from z ~ q(z|x); the caption
+        is greedy at temperature 0, sampled at softmax temperature `temperature` otherwise."""
+        params = variables["params"]
+        q = self._unimodal(self._apply(params, "encode_image", images))
+        z = self._sample(jax.random.fold_in(key, 0), indices, *q)
+        return self._caption(params, z, jax.random.fold_in(key, 1), indices, temperature)
+
+    def joint(self, variables, key, indices):
+        """z ~ N(0, I) -> (images in [-1, 1], greedy caption tokens), one pair per index."""
+        params = variables["params"]
+        dim = self.config.model.latent_dim
+        zeros = jnp.zeros((indices.shape[0], dim), jnp.float32)
+        z = self._sample(key, indices, zeros, zeros)
+        return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
+
+    def reconstruct(self, variables, images, tokens, key, indices):
+        """(image, caption) -> z ~ q(z|x,t) -> (images in [-1, 1], greedy caption tokens)."""
+        params = variables["params"]
+        image_q = self._apply(params, "encode_image", images)
+        text_q = self._apply(params, "encode_text", tokens)
+        experts = self._joint_posterior(image_q, text_q)
+        key = jax.random.fold_in(key, 0)
+        if self.config.model.fusion == "poe":
+            z = self._sample(key, indices, *elbo.product_of_experts(*experts))
+        else:
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+            pick = jax.vmap(lambda k, m, v: elbo.mixture_sample(k, m, v)[0], in_axes=(0, 1, 1))
+            z = pick(keys, *experts)
+        return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
+
+    def _caption(self, params, z, key, indices, temperature):
+        """Autoregressive decoding of one caption per z: greedy (temperature 0) or sampled;
+        never PAD/BOS before the end, EOS forced at the last position, PAD after EOS."""
+        length = self.config.data.max_text_len
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+        carry = self._apply(params, "start_text", z)
+        temperature = jnp.asarray(temperature, jnp.float32)
+
+        def step(state, position):
+            carry, previous, done = state
+            carry, logits = self._apply(params, "decode_text_step", z, previous, carry)
+            logits = logits.at[:, PAD_ID].set(-jnp.inf).at[:, vae_lib.BOS_ID].set(-jnp.inf)
+            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, position))(keys)
+            sampled = jax.vmap(jax.random.categorical)(
+                step_keys, logits / jnp.maximum(temperature, 1e-6)
+            )
+            token = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
+            token = jnp.where(position == length - 1, EOS_ID, token)
+            token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
+            return (carry, token, done | (token == EOS_ID)), token
+
+        start = jnp.full((z.shape[0],), vae_lib.BOS_ID, jnp.int32)
+        done = jnp.zeros((z.shape[0],), bool)
+        _, tokens = jax.lax.scan(step, (carry, start, done), jnp.arange(length))
+        return tokens.T
