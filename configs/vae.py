@@ -41,7 +41,7 @@ def get_config(arg=None):
     m.text_layers = 2  # caption encoder depth
     m.text_dim = 128  # pooled caption feature size before the posterior head
     m.decoder_hidden = 96  # GRU state size of the caption decoder
-    m.num_classes = 10  # classes of the dataset's label (only with train.aux_classifier_weight)
+    m.num_classes = 10  # classes of the dataset's label (used when train.aux_classifier_weight > 0)
     m.dtype = "float32"  # compute dtype ("bfloat16" on accelerators; params stay float32)
 
     c.train = t = ml_collections.ConfigDict()
@@ -66,9 +66,12 @@ def get_config(arg=None):
     # Share of the caption decoder's teacher-forced input tokens replaced by PAD, so that it
     # reads the caption from z instead of guessing it from the previous tokens (0 = off).
     t.word_dropout = 0.25
-    # Where the dataset has labels: a head on z names the label (as the GAN's auxiliary
-    # heads); 0 = captions only, the default.
-    t.aux_classifier_weight = 0.0
+    # Where the dataset has labels: a linear head on z (both experts' z) names the label, as
+    # the GAN's auxiliary heads; 0 for caption-only data (a dataset without labels stops with
+    # a clear error). The image term (~3k pixels) dominates the encoders' gradients: at 0
+    # the digit was right ~30% both ways, at 50 the head was still at chance after 1,200
+    # steps; at 1000 the digit is right 100% text -> image and 97% image -> text.
+    t.aux_classifier_weight = 1000.0
     t.ema_decay = 0.999  # EMA of params used for sampling (0 = no EMA)
     t.steps_per_dispatch = 1  # steps per host call (lax.scan); must divide the counts below
     t.deterministic = False  # GPU: XLA's deterministic ops (bit-identical reruns, slower)
