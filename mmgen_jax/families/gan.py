@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from mmgen_jax import losses
+from mmgen_jax.families import batches
 from mmgen_jax.models import dcgan
 from mmgen_jax.models import text as text_lib
 from mmgen_jax.models.conditional import PrecomputedText, TextConditioned
@@ -144,20 +145,7 @@ class GAN:
 
     def device_batch(self, batch):
         """The host batch fields the step reads, in device dtypes (no int64 on device)."""
-        out = {
-            "image": batch["image"],
-            "text": batch["text"],
-            "index": (batch["index"] % 2**32).astype("uint32"),
-        }
-        if self.config.train.aux_classifier_weight:
-            if "label" not in batch:
-                raise ValueError(
-                    f"train.aux_classifier_weight > 0 needs a dataset with a 'label' feature "
-                    f"and {self.config.data.name!r} has none: set "
-                    f"--config.train.aux_classifier_weight=0"
-                )
-            out["label"] = batch["label"].astype("int32")
-        return out
+        return batches.captioned_batch(batch, self.config)
 
     # ---- the step ----------------------------------------------------------------
     def train_step(self, state: GANState, batch):
