@@ -11,6 +11,8 @@ Variants: `smoke` (seconds; tests and CI). Override any field, e.g.
 
 import ml_collections
 
+from mmgen_jax import config_variants
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -62,15 +64,7 @@ def get_config(arg=None):
     t.eval_every = 1000  # steps between test-accuracy measurements (and at the end)
     t.eval_examples = 100_000  # test examples measured (at most the whole eval split)
 
-    if arg:
-        for variant in arg.split(","):
-            if variant not in VARIANTS:
-                raise ValueError(
-                    f"unknown variant {variant!r} of configs/evaluator.py; known: "
-                    f"{', '.join(VARIANTS)}"
-                )
-            VARIANTS[variant](c)
-    return c
+    return config_variants.apply(c, arg, VARIANTS, "configs/evaluator.py")
 
 
 def _smoke(c):

@@ -12,6 +12,7 @@ Override any field: --config.train.num_steps=200 --config.data.data_dir=/data/tf
 
 import ml_collections
 
+from mmgen_jax import config_variants
 from mmgen_jax.evaluation import settings as eval_settings
 
 
@@ -91,14 +92,7 @@ def get_config(arg=None):
     # field is explained in mmgen_jax/evaluation/settings.py.
     c.eval = eval_settings.defaults()
 
-    if arg:
-        for variant in arg.split(","):
-            if variant not in VARIANTS:
-                raise ValueError(
-                    f"unknown variant {variant!r} of configs/gan.py; known: {', '.join(VARIANTS)}"
-                )
-            VARIANTS[variant](c)
-    return c
+    return config_variants.apply(c, arg, VARIANTS, "configs/gan.py")
 
 
 def _smoke(c):

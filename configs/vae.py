@@ -11,6 +11,7 @@ Sample: python -m mmgen_jax.sample --workdir=runs/vae --mode=image2text --out_di
 
 import ml_collections
 
+from mmgen_jax import config_variants
 from mmgen_jax.evaluation import settings as eval_settings
 
 
@@ -87,14 +88,7 @@ def get_config(arg=None):
     # field is explained in mmgen_jax/evaluation/settings.py.
     c.eval = eval_settings.defaults()
 
-    if arg:
-        for variant in arg.split(","):
-            if variant not in VARIANTS:
-                raise ValueError(
-                    f"unknown variant {variant!r} of configs/vae.py; known: {', '.join(VARIANTS)}"
-                )
-            VARIANTS[variant](c)
-    return c
+    return config_variants.apply(c, arg, VARIANTS, "configs/vae.py")
 
 
 def _smoke(c):

@@ -6,12 +6,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 
 from conftest import ROOT
+from test_train import _main_command
 from mmgen_jax import train
 from test_train import _metrics
 
@@ -35,15 +35,7 @@ def _start_two_processes(workdir, data_dir, logs, *overrides):
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(index),
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "mmgen_jax.main",
-            "--config=configs/gan.py:smoke",
-            f"--workdir={workdir}",
-            f"--config.data.data_dir={data_dir}",
-            *overrides,
-        ]
+        cmd = _main_command(workdir, data_dir, *overrides)
         with open(logs / f"process_{index}.log", "w") as log:  # the child keeps its copy
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log, stdout=log))
     return procs
