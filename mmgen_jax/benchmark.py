@@ -4,7 +4,7 @@
   python -m mmgen_jax.benchmark --config=configs/gan.py --input --json
 
 The step is the one training runs -- `parallel.data_parallel(family.train_step)` over all
-devices -- fed with synthetic batches of the configured shapes held on device, so the
+devices, with the host CPU split into devices as `main` does (--cpu_devices) -- fed with synthetic batches of the configured shapes held on device, so the
 numbers measure compute only. Prints images/s and ms/step (median and spread over
 `--repeats` timed windows), FLOPs per step from XLA's cost analysis, the achieved FLOP/s
 and its share of a float32 GEMM ceiling measured in the same process, and peak memory.
@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmgen_jax import families, parallel
+from mmgen_jax import distributed, families, parallel
 
 config_flags.DEFINE_config_file("config", None, "Experiment config (get_config(arg)).")
 flags.DEFINE_integer("steps", 30, "Steps per timed window.")
@@ -29,6 +29,7 @@ flags.DEFINE_integer("warmup", 5, "Untimed steps after compilation.")
 flags.DEFINE_integer("repeats", 3, "Timed windows; the median and spread are reported.")
 flags.DEFINE_bool("input", False, "Also measure the real input pipeline's examples/s.")
 flags.DEFINE_bool("json", False, "Print the results as one JSON object on the last line.")
+flags.DEFINE_string("cpu_devices", "auto", distributed.CPU_DEVICES_HELP)
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
@@ -114,6 +115,11 @@ def input_examples_per_sec(config, batches=50):
 def main(argv):
     del argv
     config = FLAGS.config
+    try:
+        cpu_devices = distributed.cpu_devices(FLAGS.cpu_devices, config.train.batch_size)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    distributed.initialize(distributed.Plan(), num_cpu_devices=cpu_devices)
     family = families.get(config.model.family)(config)
     mesh = parallel.make_mesh()
     batch_size = config.train.batch_size

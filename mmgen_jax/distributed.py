@@ -1,4 +1,4 @@
-"""Process-level setup before JAX starts its backend: multi-host init and XLA flags.
+"""Process-level setup before JAX starts its backend: multi-host init, CPU devices, XLA flags.
 
 A job is multi-process when its launcher says so: an `srun` step with more than one task,
 a GKE TPU slice (several TPU worker hostnames), explicit `JAX_COORDINATOR_ADDRESS` +
@@ -84,14 +84,69 @@ def plan(
     return Plan()
 
 
-def initialize(the_plan: Plan, deterministic: bool = False):
-    """Applies `the_plan` (and the deterministic XLA flags if asked). Must run before
-    anything asks JAX for devices; safe to call on a single process (does nothing)."""
+# `--cpu_devices=auto` gives each core its own device up to this many, and never fewer
+# than this many rows per device (BatchNorm statistics stay global, but tiny per-device
+# batches would leave each core more collectives than arithmetic).
+MAX_AUTO_CPU_DEVICES = 8
+MIN_ROWS_PER_CPU_DEVICE = 8
+
+CPU_DEVICES_HELP = (
+    "How many JAX devices this host's CPU is split into for data parallelism: auto = one "
+    "per core (at most 8) that divides train.batch_size, in a single-process run whose "
+    "XLA_FLAGS/JAX_NUM_CPU_DEVICES do not already choose; N = exactly N. Ignored on GPU/TPU."
+)
+
+
+def cpu_devices(requested: str, batch_size: int, multi_process=False, env=None, cores=None):
+    """How many devices to split the host CPU into (None: leave JAX's default of one).
+
+    XLA:CPU splits each operation of a device's program over a shared thread pool, and
+    small convolutions split poorly: on 2 cores a DCGAN-32 step runs 1.64x faster than on
+    one as one device, 1.95x as two devices of half the batch each (README, Performance). The
+    step computes the same function either way -- gradients and BatchNorm statistics are
+    averaged over all devices -- up to floating-point summation order, so bit-for-bit
+    comparisons need the same device count (recorded in the run's manifest).
+    """
+    env = os.environ if env is None else env
+    if requested != "auto":
+        try:
+            n = int(requested)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--cpu_devices={requested!r}: use auto or a positive integer")
+        if batch_size % n:
+            raise ValueError(
+                f"--cpu_devices={n} does not divide train.batch_size={batch_size}: choose a "
+                f"divisor of the batch size, or auto"
+            )
+        return n
+    explicit = "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", "") or env.get(
+        "JAX_NUM_CPU_DEVICES"
+    )
+    if explicit or multi_process:
+        return None
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    fits = [
+        n
+        for n in range(1, min(cores, MAX_AUTO_CPU_DEVICES) + 1)
+        if batch_size % n == 0 and batch_size // n >= MIN_ROWS_PER_CPU_DEVICE
+    ]
+    return max(fits) if fits and max(fits) > 1 else None
+
+
+def initialize(the_plan: Plan, deterministic: bool = False, num_cpu_devices: int | None = None):
+    """Applies `the_plan`, the deterministic XLA flags if asked and the CPU device count
+    (from `cpu_devices`). Must run before anything asks JAX for devices; safe to call on a
+    single process."""
     if deterministic:
         add_xla_flags(DETERMINISTIC_XLA_FLAGS)
+    import jax
+
+    if num_cpu_devices is not None:
+        jax.config.update("jax_num_cpu_devices", num_cpu_devices)
     if the_plan.reason is None:
         return
-    import jax
 
     # CPU processes need a cross-process collectives backend (GPU/TPU bring their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

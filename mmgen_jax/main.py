@@ -30,6 +30,7 @@ flags.DEFINE_enum(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit setup).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (explicit setup).")
 flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
+flags.DEFINE_string("cpu_devices", "auto", distributed.CPU_DEVICES_HELP)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -59,9 +60,16 @@ def main(argv):
         plan = distributed.plan(
             FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
+        cpu_devices = distributed.cpu_devices(
+            FLAGS.cpu_devices, FLAGS.config.train.batch_size, multi_process=plan.reason is not None
+        )
     except ValueError as e:
         sys.exit(f"FATAL: {e}")
-    distributed.initialize(plan, deterministic=FLAGS.config.train.get("deterministic", False))
+    distributed.initialize(
+        plan,
+        deterministic=FLAGS.config.train.get("deterministic", False),
+        num_cpu_devices=cpu_devices,
+    )
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -1,5 +1,7 @@
-"""When a job is multi-process (and how jax.distributed is told), on fake environments."""
+"""When a job is multi-process (and how jax.distributed is told), on fake environments;
+how many devices the host CPU is split into."""
 
+import os
 import subprocess
 import sys
 
@@ -109,3 +111,62 @@ print(writers.manifest(config)["xla_flags"])
         check=True,
     ).stdout
     assert "--xla_gpu_deterministic_ops=true" in out
+
+
+@pytest.mark.parametrize(
+    "requested, batch, kwargs, expected",
+    [
+        ("auto", 64, {"cores": 2}, 2),  # one device per core
+        ("auto", 64, {"cores": 3}, 2),  # the largest count that divides the batch
+        ("auto", 64, {"cores": 32}, distributed.MAX_AUTO_CPU_DEVICES),
+        ("auto", 8, {"cores": 2}, None),  # 4 rows per device would be too few
+        ("auto", 64, {"cores": 1}, None),
+        ("auto", 64, {"cores": 2, "multi_process": True}, None),
+        (
+            "auto",
+            64,
+            {"cores": 2, "env": {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}},
+            None,
+        ),
+        ("auto", 64, {"cores": 2, "env": {"JAX_NUM_CPU_DEVICES": "1"}}, None),
+        (
+            "4",
+            64,
+            {"cores": 2, "env": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}},
+            4,
+        ),
+        ("1", 64, {"cores": 2}, 1),
+    ],
+)
+def test_cpu_device_count(requested, batch, kwargs, expected):
+    kwargs.setdefault("env", {})
+    assert distributed.cpu_devices(requested, batch, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    "requested, message",
+    [("3", "does not divide train.batch_size=64"), ("0", "positive"), ("x", "positive")],
+)
+def test_bad_cpu_device_count_is_a_clear_error(requested, message):
+    with pytest.raises(ValueError, match=message):
+        distributed.cpu_devices(requested, 64, env={})
+
+
+def test_cpu_device_count_overrides_xla_flags():
+    program = """
+import jax
+from mmgen_jax import distributed
+distributed.initialize(distributed.plan(env={}), num_cpu_devices=2)
+print(jax.device_count())
+"""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert out.split() == ["2"]

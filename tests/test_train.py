@@ -101,6 +101,7 @@ def test_changed_experiment_in_same_workdir_is_refused(tmp_path, smoke_config):
         ("--config.train.no_such_field=3", "no_such_field"),
         ("--config.train.num_steps=many", "num_steps"),
         ("--config=configs/gan.py:nope", "unknown variant 'nope'"),
+        ("--cpu_devices=3", "--cpu_devices=3 does not divide train.batch_size=8"),
     ],
 )
 def test_bad_override_is_a_clear_error(tmp_path, data_dir, override, message):
