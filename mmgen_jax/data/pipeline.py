@@ -221,7 +221,7 @@ class TrainStream:
         seed: int,
         process_index: int = 0,
         process_count: int = 1,
-        num_threads: int = 4,
+        num_threads: int = 1,
         prefetch: int = 2,
         builder_kwargs: dict | None = None,
     ):
