@@ -62,13 +62,16 @@ def global_batch(local_batch: dict, mesh: Mesh, stacked: bool = False) -> dict:
 
 
 def data_parallel(
-    per_device_step, mesh: Mesh, donate_state: bool = True, steps_per_dispatch: int = 1
+    per_device_step, mesh: Mesh, donate_state: bool | None = None, steps_per_dispatch: int = 1
 ):
     """jit(shard_map(step)): `step(state, batch) -> (state, metrics)` over all devices.
 
-    The state (first argument) is replicated and, by default, donated so its buffers
-    are reused for the new state; the batch is split along axis 0. Both outputs are
-    replicated: the step must make them identical on every device (pmean).
+    The state (first argument) is replicated; the batch is split along axis 0. Both
+    outputs are replicated: the step must make them identical on every device (pmean).
+    `donate_state` (default: on accelerators, not on CPU) lets the new state reuse the old
+    state's buffers, which halves its memory. On XLA:CPU the aliasing costs time instead:
+    it orders the runtime's thunks and adds copies, and a DCGAN-32 step ran 12% slower
+    with it on 2 devices (4% on one).
     `check_vma=False` keeps pmap's semantics, where gradients of replicated params
     are per-device until the step averages them explicitly.
 
@@ -89,6 +92,8 @@ def data_parallel(
     mapped = jax.shard_map(
         step, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=False
     )
+    if donate_state is None:
+        donate_state = mesh.devices.flat[0].platform != "cpu"
     return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
 
 

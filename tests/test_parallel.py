@@ -115,3 +115,16 @@ def test_bfloat16_compute_keeps_float32_params(smoke_config):
     images = np.asarray(images, np.float32)
     np.testing.assert_array_equal(images, images.astype(jax.numpy.bfloat16).astype(np.float32))
     assert np.abs(images).max() > 0
+
+
+def test_state_is_donated_on_accelerators_only():
+    def step(state, batch):
+        return state + jax.lax.pmean(batch.sum(), parallel.AXIS), {}
+
+    mesh = parallel.make_mesh()
+    batch = parallel.global_batch(np.ones((8, 2), np.float32), mesh)
+    for donate, kept in ((None, True), (True, False)):  # default on CPU: not donated
+        state = parallel.replicate(np.zeros(3, np.float32), mesh)
+        new_state, _ = parallel.data_parallel(step, mesh, donate_state=donate)(state, batch)
+        np.testing.assert_array_equal(new_state, np.full(3, 4.0))
+        assert state.is_deleted() != kept
