@@ -162,3 +162,18 @@ def test_steps_per_dispatch_must_divide_the_loop_boundaries(tmp_path, smoke_conf
     smoke_config.train.steps_per_dispatch = 4  # smoke logs every 2 and checkpoints every 3
     with pytest.raises(ValueError, match="log_every=2, checkpoint_every=3"):
         train.train_and_evaluate(smoke_config, str(tmp_path))
+
+
+def test_resuming_on_another_device_count_warns(tmp_path, smoke_config, caplog):
+    smoke_config.train.num_steps = 2
+    train.train_and_evaluate(smoke_config, str(tmp_path))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["device_count"] == 4
+    manifest["device_count"] = 2  # as if the first part had run on 2 devices
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+
+    smoke_config.train.num_steps = 4
+    with caplog.at_level("WARNING", logger="mmgen_jax"):
+        train.train_and_evaluate(smoke_config, str(tmp_path))
+    assert "last trained on 2 devices and resumes on 4" in caplog.text
+    assert json.loads((tmp_path / "manifest.json").read_text())["device_count"] == 4
