@@ -7,7 +7,8 @@ The step is the one training runs -- `parallel.data_parallel(family.train_step)`
 devices, with the host CPU split into devices as `main` does (--cpu_devices) -- fed with synthetic batches of the configured shapes held on device, so the
 numbers measure compute only. Prints images/s and ms/step (median and spread over
 `--repeats` timed windows), FLOPs per step from XLA's cost analysis, the achieved FLOP/s
-and its share of a float32 GEMM ceiling measured in the same process, and peak memory.
+and its share of a GEMM ceiling measured in the same process (in the config's compute
+dtype, `model.dtype`, summed over accelerators), and peak memory.
 With --json the last line is one JSON object. No TensorFlow is imported.
 """
 
@@ -65,9 +66,9 @@ def time_windows(run, steps, repeats):
     return out
 
 
-def gemm_ceiling(n=2048, repeats=5):
-    """float32 n x n matrix product FLOP/s on the default device (median of repeats)."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+def gemm_ceiling(dtype="float32", n=2048, repeats=5):
+    """n x n matrix product FLOP/s in `dtype` on the default device (median of repeats)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
     matmul = jax.jit(jnp.dot)
     matmul(a, a).block_until_ready()
     seconds = time_windows(lambda _: matmul(a, a).block_until_ready(), 3, repeats)
@@ -154,7 +155,10 @@ def main(argv):
         run(i)
     calls = max(1, FLAGS.steps // k)
     seconds = [s / k for s in time_windows(run, calls, FLAGS.repeats)]
-    ceiling = gemm_ceiling()
+    # The ceiling of the step's compute dtype, for all devices: CPU devices share the
+    # host's cores (one device's product already uses them all), accelerators add up.
+    dtype = config.model.get("dtype", "float32")
+    ceiling = gemm_ceiling(dtype) * (1 if jax.default_backend() == "cpu" else jax.device_count())
     median = float(np.median(seconds))
     result = {
         "config": config.model.family,
@@ -169,6 +173,7 @@ def main(argv):
         "flops_per_step": flops,
         "achieved_flops_per_sec": flops / median,
         "gemm_ceiling_flops_per_sec": ceiling,
+        "gemm_ceiling_dtype": dtype,
         "share_of_gemm_ceiling": flops / median / ceiling,
         "peak_memory_bytes": peak_memory_bytes(),
         "compile_s": compile_s,
@@ -185,7 +190,7 @@ def main(argv):
     )
     print(
         f"{flops / 1e9:.2f} GFLOP/step, {result['achieved_flops_per_sec'] / 1e9:.1f} GFLOP/s "
-        f"= {100 * result['share_of_gemm_ceiling']:.0f}% of the measured float32 GEMM ceiling "
+        f"= {100 * result['share_of_gemm_ceiling']:.0f}% of the measured {dtype} GEMM ceiling "
         f"({ceiling / 1e9:.0f} GFLOP/s); "
         f"peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB; "
         f"compile {compile_s:.1f} s"

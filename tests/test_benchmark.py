@@ -135,3 +135,9 @@ def test_benchmark_steps_per_dispatch_reports_per_step_numbers(data_dir):
     assert three["steps_per_dispatch"] == 3
     assert three["flops_per_step"] == one["flops_per_step"]
     assert three["images_per_sec"] > 0
+
+
+def test_benchmark_ceiling_follows_the_compute_dtype(data_dir):
+    stdout, numbers = _benchmark(data_dir, "--config.model.dtype=bfloat16")
+    assert numbers["gemm_ceiling_dtype"] == "bfloat16" and numbers["gemm_ceiling_flops_per_sec"] > 0
+    assert "bfloat16 GEMM ceiling" in stdout
