@@ -4,8 +4,9 @@
   python -m mmgen_jax.benchmark --config=configs/gan.py --input --json
 
 The step is the one training runs -- `parallel.data_parallel(family.train_step)` over all
-devices, with the host CPU split into devices as `main` does (--cpu_devices) -- fed with synthetic batches of the configured shapes held on device, so the
-numbers measure compute only. Prints images/s and ms/step (median and spread over
+devices, a CPU host split into devices as `main` splits it (--cpu_devices) -- fed with
+synthetic batches of the configured shapes held on device, so the numbers measure compute
+only. Prints images/s and ms/step (median and spread over
 `--repeats` timed windows), FLOPs per step from XLA's cost analysis, the achieved FLOP/s
 and its share of a GEMM ceiling measured in the same process (in the config's compute
 dtype, `model.dtype`, summed over accelerators), and peak memory.

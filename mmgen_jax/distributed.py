@@ -98,7 +98,8 @@ CPU_DEVICES_HELP = (
 
 
 def cpu_devices(requested: str, batch_size: int, multi_process=False, env=None, cores=None):
-    """How many devices to split the host CPU into (None: leave JAX's default of one).
+    """How many devices to split the host CPU into (None: leave it to JAX, i.e. one, or
+    what XLA_FLAGS / JAX_NUM_CPU_DEVICES ask for).
 
     XLA:CPU splits each operation of a device's program over a shared thread pool, and
     small convolutions split poorly: on 2 cores a DCGAN-32 step runs 1.64x faster than on
