@@ -28,10 +28,7 @@ def get_config(arg=None):
     d.eval_split = "test"  # split whose examples drive the sample grids
     d.image_size = 32  # images are resized to image_size x image_size RGB (4 * 2^k)
     d.max_text_len = 64  # caption length in UTF-8 byte tokens; longer captions are cut
-    # Grain reader threads per process. Decoding TFDS records is Python (GIL-bound): on
-    # digits_captions one thread reads ~4.8k examples/s, two ~3.5k, so more only pay for
-    # datasets whose reads wait on storage.
-    d.num_threads = 1
+    d.num_threads = 1  # Grain reader threads per process (why 1: data/pipeline.TrainStream)
     d.prefetch = 4  # batches Grain prepares ahead of the step
 
     c.model = m = ml_collections.ConfigDict()

@@ -303,25 +303,24 @@ def _write_run_files(config, workdir, is_main, resuming):
                 f"differ from {path}). A workdir is one experiment: use a new --workdir, "
                 f"or rerun with the saved config to resume it."
             )
-    manifest = writers.manifest(config)
     manifest_path = os.path.join(workdir, "manifest.json")
     if resuming and os.path.exists(manifest_path):
         with open(manifest_path, encoding="utf-8") as f:
             before = json.load(f).get("device_count")
-        if before not in (None, manifest["device_count"]):
+        if before not in (None, jax.device_count()):
             # Same experiment, but sums are split differently: not bit-identical any more.
             log.warning(
                 "This run was last trained on %d devices and resumes on %d: from here on its "
                 "numbers differ in floating-point rounding from a run that stayed on %d "
                 "(for bit-identical results, resume with --cpu_devices=%d or the same devices).",
                 before,
-                manifest["device_count"],
+                jax.device_count(),
                 before,
                 before,
             )
     if is_main:
         writers.write_json(path, json.loads(config.to_json()))
-        writers.write_json(manifest_path, manifest)
+        writers.write_json(manifest_path, writers.manifest(config))
 
 
 def _flatten(tree, prefix=""):

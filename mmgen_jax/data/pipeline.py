@@ -206,7 +206,9 @@ class TrainStream:
 
     `num_threads` batches are read in parallel by Grain threads and up to
     max(prefetch, num_threads) batches are buffered ahead. `get_state()` counts
-    only the batches returned, never the prefetched ones.
+    only the batches returned, never the prefetched ones. Decoding TFDS records is
+    Python (GIL-bound), so the default is one thread: on digits_captions one reads ~4.8k
+    examples/s, two ~3.5k; more pay only for datasets whose reads wait on storage.
     """
 
     def __init__(
