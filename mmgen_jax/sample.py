@@ -54,7 +54,8 @@ FLAGS = flags.FLAGS
 
 def generate(family, variables, captions, max_text_len, seed=0, batch_size=256):
     """uint8 images (N, H, W, 3) for N captions; image i uses noise index i."""
-    tokens = tokenizer.encode_batch(captions, max_text_len)
+    text = tokenizer.by_name(family.config.data.get("tokenizer", "bytes"))
+    tokens = text.encode_batch(captions, max_text_len)
     return writers.to_uint8(generate_from_tokens(family, variables, tokens, seed, batch_size))
 
 
@@ -111,6 +112,7 @@ def eval_examples(config, num=None):
         num=num or 2**31 - 1,
         builder_kwargs=pipeline.builder_kwargs(d),
         at_most=True,
+        tokenizer_name=d.get("tokenizer", "bytes"),
     )
 
 

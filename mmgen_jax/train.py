@@ -65,6 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         num_threads=config.data.num_threads,
         prefetch=config.data.prefetch,
         builder_kwargs=pipeline.builder_kwargs(config.data),
+        tokenizer_name=config.data.get("tokenizer", "bytes"),
     )
 
     rng = jax.random.PRNGKey(config.seed)
@@ -215,6 +216,7 @@ class _SampleGrid:
             num=max(64, t.sample_rows),
             builder_kwargs=pipeline.builder_kwargs(d),
             at_most=True,
+            tokenizer_name=d.get("tokenizer", "bytes"),
         )
         # Prefer captions the grid's font surely draws (ASCII), keep stored order.
         order = sorted(

@@ -24,6 +24,7 @@ def load_split(run_config, split, num, data_dir):
         num=num,
         builder_kwargs=pipeline.builder_kwargs(d),
         at_most=True,
+        tokenizer_name=d.get("tokenizer", "bytes"),
     )
 
 
