@@ -137,7 +137,7 @@ FREE_CAPTIONS = [
 ]
 
 
-def test_gan_trains_on_a_folder_of_free_english_captions(tmp_path):
+def test_gan_trains_on_a_folder_of_free_english_captions(tmp_path, monkeypatch):
     folder = tmp_path / "data"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -155,8 +155,18 @@ def test_gan_trains_on_a_folder_of_free_english_captions(tmp_path):
     config.train.num_steps = 2
     config.train.checkpoint_every = 2
     config.train.sample_every = 2
+    # The training stream and the sample grid must feed WordPiece ids, not bytes.
+    tokenized = []
+
+    def spy(text, max_len):
+        tokenized.append(text)
+        return encode(text, max_len)
+
+    encode = wordpiece.encode
+    monkeypatch.setattr(wordpiece, "encode", spy)
     workdir = tmp_path / "run"
     state = train.train_and_evaluate(config, str(workdir))
+    assert set(tokenized) == set(FREE_CAPTIONS)
     assert int(state.step) == 2
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = [x["d_loss"] for x in lines if "d_loss" in x]
