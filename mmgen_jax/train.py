@@ -272,10 +272,11 @@ class _VAESampleGrid(_SampleGrid):
         joint, joint_tokens = self._joint(variables, key, self.indices)
         from_text = from_text.reshape(rows, cols, *from_text.shape[1:])
         joint = np.asarray(joint).reshape(rows, cols, *from_text.shape[2:])
-        joint_text = [tokenizer.decode(t) for t in np.asarray(joint_tokens)]
+        decode = tokenizer.by_name(self.family.config.data.get("tokenizer", "bytes")).decode
+        joint_text = [decode(t) for t in np.asarray(joint_tokens)]
         columns = [
-            ("real", self.real, [tokenizer.decode(t) for t in described]),
-            ("reconstruction", np.asarray(recon), [tokenizer.decode(t) for t in recon_tokens]),
+            ("real", self.real, [decode(t) for t in described]),
+            ("reconstruction", np.asarray(recon), [decode(t) for t in recon_tokens]),
             *((f"from caption {j + 1}", from_text[:, j], None) for j in range(cols)),
             *((f"joint {j + 1}", joint[:, j], joint_text[j::cols]) for j in range(cols)),
         ]

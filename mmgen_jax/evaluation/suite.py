@@ -38,6 +38,7 @@ class Suite:
 
     def __init__(self, run_config, settings, num_samples, data_dir):
         self.config, self.settings, self.data_dir = run_config, settings, data_dir
+        self._decode = tokenizer.by_name(run_config.data.get("tokenizer", "bytes")).decode
         self.extractor = extractors.get(settings.extractor, settings)
         # Consistency always reads attributes with the domain evaluator.
         self.judge = (
@@ -176,7 +177,7 @@ class Suite:
             np.arange(self.num, dtype=np.uint32),
             batch_size=self.settings.batch_size,
         )
-        texts = [tokenizer.decode(t) for t in tokens]
+        texts = [self._decode(t) for t in tokens]
         out = {"caption_bleu4": captions.corpus_bleu4(texts, self.test["caption"])}
         if self.config.data.name == "digits_captions":
             stated = [captions.parse_attributes(t) for t in texts]
@@ -198,7 +199,7 @@ class Suite:
             batch_size=self.settings.batch_size,
         )
         _, predicted = self.judge(images)
-        stated = [captions.parse_attributes(tokenizer.decode(t)) for t in tokens]
+        stated = [captions.parse_attributes(self._decode(t)) for t in tokens]
         agree = [
             s is not None and all(s[h] == predicted[h][i] for h in self.judge.heads)
             for i, s in enumerate(stated)

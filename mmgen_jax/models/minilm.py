@@ -27,6 +27,8 @@ from flax.typing import Dtype
 from mmgen_jax import minilm_files
 
 PAD_ID = 0
+CLS_ID = 101  # [CLS]: first token of every caption
+SEP_ID = 102  # [SEP]: end of caption
 VOCAB_SIZE = 30522
 MAX_POSITIONS = 512
 WIDTH = 384
