@@ -52,6 +52,24 @@ def test_padding_and_cutting():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("trainable", [False, True])
+def test_caption_encoder_outputs_and_gradient_switch(trainable):
+    tokens = jnp.asarray(wordpiece.encode_batch(["a red seven", "blue ground, green two"], 10))
+    encoder = minilm.CaptionEncoder(out_dim=16, trainable=trainable)
+    params = minilm.load_into(encoder.init(jax.random.PRNGKey(0), tokens)["params"])
+    pooled, states = encoder.apply({"params": params}, tokens, return_states=True)
+    assert pooled.shape == (2, 16) and states.shape == (2, 10, 16)
+
+    def loss(p):
+        pooled, states = encoder.apply({"params": p}, tokens, return_states=True)
+        return jnp.sum(pooled**2) + jnp.sum(states**2)
+
+    grads = jax.grad(loss)(params)
+    reached = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[minilm.MODULE_NAME]))
+    assert (reached > 0) == trainable
+    assert float(jnp.abs(grads["project"]["kernel"]).max()) > 0
+
+
 def test_config_mistakes_are_named():
     with pytest.raises(ValueError, match="use 'bytes' \\(any language\\) or 'minilm'"):
         tokenizer.by_name("bytes ")
@@ -97,7 +115,7 @@ def _one_step(config):
 
 
 @pytest.mark.parametrize("trainable", [False, True])
-def test_frozen_switch(trainable):
+def test_gan_step_with_minilm(trainable):
     config = load_config("gan", "smoke,minilm")
     config.data.max_text_len = 12
     config.train.aux_classifier_weight = 0.0
