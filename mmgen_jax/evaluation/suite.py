@@ -10,6 +10,7 @@ import numpy as np
 from mmgen_jax import parallel, runs, writers
 from mmgen_jax.data import pipeline, tokenizer
 from mmgen_jax.evaluation import captions, extractors, metrics
+from mmgen_jax.families import base
 
 
 def load_split(run_config, split, num, data_dir):
@@ -123,16 +124,16 @@ class Suite:
 
     def measure_run(self, family, variables, cross_check=False):
         """Every metric of a trained family: images from test captions and, where the family
-        writes captions (`describe`, `joint`), image->text and joint coherence. With
+        declares IMAGE_TO_TEXT / JOINT, image->text and joint coherence. With
         `cross_check`, also the consistency the independent attribute judge reads in the same
         images (`judge_consistency...`; digits_captions only)."""
         images = self.generate(family, variables)
         out = self.measure_images(images)
         if cross_check:
             out.update(self.judge_consistency(images))
-        if hasattr(family, "describe"):
+        if family.can(base.IMAGE_TO_TEXT):
             out.update(self.image_to_text(family, variables))
-        if hasattr(family, "joint"):
+        if family.can(base.JOINT):
             out.update(self.joint(family, variables))
         return out
 
