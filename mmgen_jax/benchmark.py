@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmgen_jax import distributed, families, parallel
+from mmgen_jax.data import tokenizer
 
 config_flags.DEFINE_config_file("config", None, "Experiment config (get_config(arg)).")
 flags.DEFINE_integer("steps", 30, "Steps per timed window.")
@@ -45,7 +46,8 @@ def synthetic_batch(family, batch_size, seed):
     size = family.config.data.image_size
     shape, dtype = family.text_spec()
     if np.issubdtype(dtype, np.integer):
-        text = rng.integers(3, 259, (batch_size, *shape)).astype(dtype)
+        text = rng.integers(tokenizer.BYTE_OFFSET, tokenizer.VOCAB_SIZE, (batch_size, *shape))
+        text = text.astype(dtype)
     else:
         text = rng.standard_normal((batch_size, *shape)).astype(dtype)
     return {
