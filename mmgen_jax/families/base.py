@@ -192,7 +192,7 @@ def synthetic_batch(config, batch_size, seed, labels=None):
     batch = {
         "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
         "text": rng.integers(
-            tokenizer.EOS + 1,  # byte ids follow the special ids
+            tokenizer.BYTE_OFFSET,
             tokenizer.VOCAB_SIZE,
             (batch_size, config.data.max_text_len),
         ).astype(np.int32),

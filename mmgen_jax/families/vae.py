@@ -23,11 +23,12 @@ import jax.numpy as jnp
 import optax
 
 from mmgen_jax import elbo, losses
+from mmgen_jax.data import tokenizer
 from mmgen_jax.families import base
 from mmgen_jax.models import vae as vae_lib
 
 FUSIONS = ("poe", "moe")
-PAD_ID, EOS_ID = 0, 2  # the byte tokenizer's padding and end of caption (data/tokenizer.py)
+PAD_ID, EOS_ID = tokenizer.PAD, tokenizer.EOS  # padding and end of caption
 
 
 @flax.struct.dataclass
