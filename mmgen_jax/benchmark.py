@@ -24,7 +24,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmgen_jax import distributed, families, parallel
-from mmgen_jax.data import tokenizer
 
 config_flags.DEFINE_config_file("config", None, "Experiment config (get_config(arg)).")
 flags.DEFINE_integer("steps", 30, "Steps per timed window.")
