@@ -9,13 +9,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.typing import Dtype
 
+from mmgen_jax.data import tokenizer
 from mmgen_jax.models import minilm
 from mmgen_jax.models.layers import Conv2xDown, ConvTranspose2x
 from mmgen_jax.models.text import TextEncoder
 
-# The byte tokenizer's start token: the caption decoder's first input (also with WordPiece,
-# where id 1 is an unused piece and captions themselves start with [CLS]).
-BOS_ID = 1
+# The caption decoder's first input; also with WordPiece, where id 1 is an unused piece and
+# captions themselves start with [CLS].
+BOS_ID = tokenizer.BOS
 LOGVAR_LIMIT = 10.0  # encoders' log-variances are soft-clipped to +-this, keeping PoE finite
 
 
@@ -111,7 +112,7 @@ class CaptionDecoder(nn.Module):
     by token. z enters both the start state and every step's input.
     """
 
-    vocab_size: int = 259
+    vocab_size: int = tokenizer.VOCAB_SIZE
     embed_dim: int = 64
     hidden: int = 128
     dtype: Dtype = jnp.float32
@@ -154,7 +155,7 @@ class MultimodalVAE(nn.Module):
     text_dim: int = 128
     text_encoder: str = "conv"
     text_encoder_trainable: bool = False  # text_encoder="minilm": fine-tune or keep frozen
-    vocab_size: int = 259  # caption decoder's token ids: bytes, or minilm.VOCAB_SIZE (WordPiece)
+    vocab_size: int = tokenizer.VOCAB_SIZE  # decoder ids: bytes, or minilm.VOCAB_SIZE (WordPiece)
     decoder_hidden: int = 128
     num_classes: int = 0  # > 0: a label classifier on z (auxiliary head; 0 = none)
     dtype: Dtype = jnp.float32
