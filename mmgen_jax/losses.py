@@ -61,11 +61,16 @@ def contrastive_loss(queries, keys, offset, temperature):
     return -jnp.mean(jnp.take_along_axis(log_probs, targets[:, None], axis=-1))
 
 
+def cross_entropy(logits, labels):
+    """Per-example cross-entropy (B,) of integer `labels` under `logits` (B, K)."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
 def classification_loss(logits, labels, weights=None):
     """Mean cross-entropy of integer `labels` under `logits` (B, K); with `weights` (B,),
     the weighted mean (0 when every weight is 0)."""
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    nll = cross_entropy(logits, labels)
     if weights is None:
         return jnp.mean(nll)
     return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1e-6)

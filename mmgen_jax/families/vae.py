@@ -109,6 +109,12 @@ class VAE(base.Family):
             return elbo.product_of_experts(q[0][None], q[1][None])
         return q
 
+    def _accuracy(self, correct, count):
+        """Token accuracy over the global batch (a ratio of sums: not a mean of the devices'
+        ratios, which would depend on how the batch is split)."""
+        correct, count = (jax.lax.psum(jnp.sum(x), self.axis_name) for x in (correct, count))
+        return correct / jnp.maximum(count, 1.0)
+
     def _sample(self, key, index, mean, logvar):
         """z per example, from fold_in(key, index): independent of device count and batch."""
         return jax.vmap(elbo.reparameterize)(base.example_keys(key, index), mean, logvar)
@@ -209,7 +215,7 @@ class VAE(base.Family):
             "kl_image": jnp.mean(kl_x),
             "kl_text": jnp.mean(kl_t),
             "image_mse": mse,
-            "text_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(count), 1.0),
+            "text_accuracy": self._accuracy(correct, count),
         }
         return -jnp.mean(total), metrics, [z_joint, z_image, z_text]
 
@@ -245,9 +251,8 @@ class VAE(base.Family):
             "kl": jnp.mean(sum(kl) / 2),
             "image_mse": sum(mse) / 2,
             # Per-token accuracy of captions decoded from the image's z and the caption's z.
-            "text_accuracy_from_image": jnp.sum(correct[0]) / jnp.maximum(jnp.sum(count[0]), 1.0),
-            "text_accuracy": sum(map(jnp.sum, correct))
-            / jnp.maximum(sum(map(jnp.sum, count)), 1.0),
+            "text_accuracy_from_image": self._accuracy(correct[0], count[0]),
+            "text_accuracy": self._accuracy(jnp.stack(correct), jnp.stack(count)),
         }
         return -jnp.mean(total), metrics, z
 
