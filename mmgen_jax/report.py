@@ -16,12 +16,16 @@ import base64
 import html
 import io
 import json
+import logging
 import math
 import os
 import re
 import sys
+import threading
 
 from absl import app, flags
+
+log = logging.getLogger("mmgen_jax")
 
 # Keys of metrics.jsonl that are not plotted.
 NOT_PLOTTED = ("step", "wall_time")
@@ -132,7 +136,9 @@ def plots(srcs):
     metrics = sorted({m for per_run in curves for run in per_run for m in run}, key=metric_order)
     out = []
     for metric in metrics:
-        fig = Figure(figsize=PLOT_INCHES, dpi=PLOT_DPI, layout="constrained")
+        fig = Figure(figsize=PLOT_INCHES, dpi=PLOT_DPI)
+        # Fixed margins: a layout engine would double the time of every plot.
+        fig.subplots_adjust(left=0.17, right=0.97, top=0.89, bottom=0.19)
         ax = fig.add_subplot()
         for i, (src, per_run) in enumerate(zip(srcs, curves, strict=True)):
             color = f"C{i % 10}"
@@ -154,7 +160,8 @@ def plots(srcs):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if len(srcs) > 1 or srcs[0].is_study:
+            ax.legend(fontsize=7, loc="upper right")  # a fixed place: "best" is slow
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         out.append((metric, buf.getvalue()))
@@ -329,6 +336,52 @@ def write_report(run_dirs, out_path):
         f.write(text)
     os.replace(tmp, out_path)
     return out_path
+
+
+class BackgroundReport:
+    """Rewrites a run's report.html on a thread of its own, so training never waits on
+    the plots (a few seconds per page). A request while a page is being written is
+    remembered and served when that write ends: the page is at most one write behind.
+    A failed write logs a warning and training goes on; `close` waits for the last one."""
+
+    def __init__(self, run_dir, out_path=None, enabled=True):
+        self.run_dir = run_dir
+        self.out_path = out_path or os.path.join(run_dir, "report.html")
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._thread = None
+        self._pending = False
+        self._warned = False
+
+    def request(self):
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._thread is not None:
+                self._pending = True
+                return
+            self._thread = threading.Thread(target=self._serve, name="report", daemon=True)
+            self._thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                write_report([self.run_dir], self.out_path)
+            except Exception as e:  # noqa: BLE001 - a report is never worth a training run
+                if not self._warned:
+                    self._warned = True
+                    log.warning("Could not write %s (%s); training goes on.", self.out_path, e)
+            with self._lock:
+                if not self._pending:
+                    self._thread = None
+                    return
+                self._pending = False
+
+    def close(self):
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
 
 def main(argv):

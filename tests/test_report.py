@@ -4,11 +4,13 @@ sweep writes), checked in its text and, where Chromium is installed, in a headle
 import base64
 import io
 import json
+import logging
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -129,6 +131,45 @@ def test_sweep_writes_the_study_report_with_a_band_per_metric(smoke_run, tmp_pat
     light = tuple(round(255 * 0.75 + c * 0.25) for c in TAB10["C0"])
     assert _has_colour(images["g_loss"], light, tolerance=8, at_least=200)
     assert _has_colour(images["g_loss"], TAB10["C0"])
+
+
+def test_background_report_writes_the_page_off_the_training_thread(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path / "gan")
+    writer = report.BackgroundReport(str(run))
+    writer.request()
+    writer.close()
+    assert 'data-step="6"' in (run / "report.html").read_text(encoding="utf-8")
+
+
+def test_background_report_coalesces_requests_and_survives_a_failed_write(
+    monkeypatch, tmp_path, caplog
+):
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow_write(run_dirs, out_path):
+        calls.append(out_path)
+        started.set()
+        release.wait(timeout=30)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "write_report", slow_write)
+    logger = logging.getLogger("mmgen_jax")
+    logger.addHandler(caplog.handler)
+    try:
+        writer = report.BackgroundReport(str(tmp_path))
+        writer.request()
+        assert started.wait(timeout=30)
+        writer.request()  # while the first write runs: both remembered as one more write
+        writer.request()
+        release.set()
+        writer.close()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert calls == [str(tmp_path / "report.html")] * 2
+    records = {id(r): r for r in caplog.records}.values()  # a record may arrive twice
+    warnings = [r.getMessage() for r in records if "disk full" in r.getMessage()]
+    assert len(warnings) == 1 and "training goes on" in warnings[0]
+    report.BackgroundReport(str(tmp_path), enabled=False).request()  # does nothing
 
 
 def test_cli_writes_beside_the_run_and_names_a_bad_path(smoke_run, tmp_path):
