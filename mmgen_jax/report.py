@@ -224,7 +224,7 @@ def run_html(run_dir, title, level=2):
         if git.get("revision"):
             facts.append(f"git {git['revision'][:10]}" + (" (dirty)" if git.get("dirty") else ""))
     parts = [f"<h{level}>{html.escape(title)}</h{level}>", f"<p>{' · '.join(facts)}</p>"]
-    grids = spaced(grid_files(run_dir), MAX_GRIDS)
+    grids = [(step, png) for step, png in _read_grids(run_dir) if png is not None]
     if grids:
         parts.append(_grids_html(grids))
     else:
@@ -235,12 +235,22 @@ def run_html(run_dir, title, level=2):
     return "\n".join(parts)
 
 
+def _read_grids(run_dir):
+    """[(step, PNG bytes or None)] of the grids the page shows; None for a PNG that is
+    still being written (no end chunk yet), which the page leaves out."""
+    out = []
+    for step, path in spaced(grid_files(run_dir), MAX_GRIDS):
+        with open(path, "rb") as f:
+            png = f.read()
+        out.append((step, png if png[-12:-4] == b"\0\0\0\0IEND" else None))
+    return out
+
+
 def _grids_html(grids):
     last = len(grids) - 1
     images = []
-    for i, (step, path) in enumerate(grids):
-        with open(path, "rb") as f:
-            uri = _data_uri(f.read())
+    for i, (step, png) in enumerate(grids):
+        uri = _data_uri(png)
         hidden = "" if i == last else " hidden"
         images.append(
             f'<img class="grid" data-step="{step}" alt="samples at step {step}"{hidden} src="{uri}">'

@@ -92,6 +92,16 @@ def test_report_of_a_run_has_every_metric_its_grids_config_and_manifest(smoke_ru
     assert "&quot;config_sha256&quot;" in text
 
 
+def test_a_grid_still_being_written_is_left_out(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path / "gan")
+    latest = run / "samples" / "step_6.png"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    text = pathlib.Path(report.write_report([str(run)], str(tmp_path / "r.html"))).read_text()
+    assert list(_images(text)).count("6") == 0
+    assert re.search(r'<img class="grid" data-step="3" [^>]*src=', text)  # shown, not hidden
+    assert not re.search(r'data-step="3" [^>]*hidden', text)
+
+
 def test_two_runs_share_each_plot_and_eval_metrics_are_plotted(smoke_run, tmp_path):
     first = _copy_run(smoke_run, tmp_path / "gan_a")
     evals = [
@@ -197,8 +207,10 @@ def test_cli_writes_beside_the_run_and_names_a_bad_path(smoke_run, tmp_path):
     assert "nowhere is neither a run" in last and "--workdir" in last and "--root" in last
 
 
-def _browser():
-    """A headless Chromium driven by the system's chromedriver (never a downloaded one)."""
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium driven by the system's chromedriver (never a downloaded one);
+    asked for before the smoke run, so a machine without one skips at once."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.chrome.service import Service
 
@@ -218,7 +230,9 @@ def _browser():
     options.add_argument("--window-size=1400,1000")
     options.binary_location = binary
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=options)
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    yield chrome
+    chrome.quit()
 
 
 def _ink_fraction(png):
@@ -226,7 +240,7 @@ def _ink_fraction(png):
     return float((pixels.min(axis=-1) < 240).mean())
 
 
-def test_report_renders_in_a_headless_browser_without_errors(smoke_run, tmp_path):
+def test_report_renders_in_a_headless_browser_without_errors(browser, smoke_run, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -234,31 +248,27 @@ def test_report_renders_in_a_headless_browser_without_errors(smoke_run, tmp_path
     for seed in (0, 1):
         _copy_run(smoke_run, tmp_path / "study" / f"seed_{seed}", shift=0.2 * seed)
     out = report.write_report([str(run), str(tmp_path / "study")], str(tmp_path / "r.html"))
-    browser = _browser()
-    try:
-        # The console log is read for real: a page with an error shows it.
-        browser.get("data:text/html,<script>notDefined()</script>")
-        assert any(e["level"] == "SEVERE" for e in browser.get_log("browser"))
+    # The console log is read for real: a page with an error shows it.
+    browser.get("data:text/html,<script>notDefined()</script>")
+    assert any(e["level"] == "SEVERE" for e in browser.get_log("browser"))
 
-        browser.get(pathlib.Path(out).as_uri())
-        images = browser.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])"
-        )
-        assert images and all(done and width > 0 for done, width in images)
-        plot = browser.find_element(By.CSS_SELECTOR, 'img.plot[data-metric="g_loss"]')
-        assert plot.is_displayed() and _ink_fraction(plot.screenshot_as_png) > 0.03
-        # The run's latest grid is shown; the slider brings back the earlier one.
-        grids = browser.find_elements(By.CSS_SELECTOR, "section.source")[0]
-        latest = grids.find_element(By.CSS_SELECTOR, 'img.grid[data-step="6"]')
-        with Image.open(run / "samples" / "step_6.png") as png:
-            assert browser.execute_script("return arguments[0].naturalWidth", latest) == png.width
-        assert latest.is_displayed() and _ink_fraction(latest.screenshot_as_png) > 0.1
-        slider = grids.find_element(By.CSS_SELECTOR, 'input[type="range"]')
-        slider.send_keys(Keys.HOME)
-        assert not latest.is_displayed()
-        assert grids.find_element(By.CSS_SELECTOR, 'img.grid[data-step="3"]').is_displayed()
-        assert grids.find_element(By.CSS_SELECTOR, ".step").text == "3"
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-        assert not errors, errors
-    finally:
-        browser.quit()
+    browser.get(pathlib.Path(out).as_uri())
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])"
+    )
+    assert images and all(done and width > 0 for done, width in images)
+    plot = browser.find_element(By.CSS_SELECTOR, 'img.plot[data-metric="g_loss"]')
+    assert plot.is_displayed() and _ink_fraction(plot.screenshot_as_png) > 0.03
+    # The run's latest grid is shown; the slider brings back the earlier one.
+    grids = browser.find_elements(By.CSS_SELECTOR, "section.source")[0]
+    latest = grids.find_element(By.CSS_SELECTOR, 'img.grid[data-step="6"]')
+    with Image.open(run / "samples" / "step_6.png") as png:
+        assert browser.execute_script("return arguments[0].naturalWidth", latest) == png.width
+    assert latest.is_displayed() and _ink_fraction(latest.screenshot_as_png) > 0.1
+    slider = grids.find_element(By.CSS_SELECTOR, 'input[type="range"]')
+    slider.send_keys(Keys.HOME)
+    assert not latest.is_displayed()
+    assert grids.find_element(By.CSS_SELECTOR, 'img.grid[data-step="3"]').is_displayed()
+    assert grids.find_element(By.CSS_SELECTOR, ".step").text == "3"
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
