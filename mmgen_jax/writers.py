@@ -51,7 +51,7 @@ class MetricWriter:
 
         path = os.path.join(workdir, "metrics.jsonl")
         _drop_rows_after(path, after_step)
-        self._jsonl = open(path, "a", encoding="utf-8")
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run; close()
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def scalars(self, step, metrics):
