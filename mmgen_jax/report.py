@@ -125,8 +125,16 @@ def metric_order(metric):
     return ("/" in metric, metric == "steps_per_sec", metric)
 
 
+def colour(i):
+    """The i-th source's colour (matplotlib's default cycle), in its plots and legend."""
+    from matplotlib.colors import to_hex
+
+    return to_hex(f"C{i % 10}")
+
+
 def plots(srcs):
-    """[(metric, PNG bytes)]: one plot per metric, every source drawn in its own colour."""
+    """[(metric, PNG bytes)]: one plot per metric, every source drawn in `colour(i)`; the
+    page's legend names them (one legend for all plots, none inside a plot to hide data)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -141,7 +149,7 @@ def plots(srcs):
         fig.subplots_adjust(left=0.17, right=0.97, top=0.89, bottom=0.19)
         ax = fig.add_subplot()
         for i, (src, per_run) in enumerate(zip(srcs, curves, strict=True)):
-            color = f"C{i % 10}"
+            color = colour(i)
             present = [dict(zip(*run[metric], strict=True)) for run in per_run if metric in run]
             if not present:
                 continue
@@ -150,18 +158,15 @@ def plots(srcs):
                 low = [m - s for m, s in zip(mean, std, strict=True)]
                 high = [m + s for m, s in zip(mean, std, strict=True)]
                 ax.fill_between(steps, low, high, color=color, alpha=0.25, linewidth=0)
-                label = f"{src.name} (mean ± std, {len(present)} seeds)"
-                ax.plot(steps, mean, color=color, label=label, marker=_marker(steps))
+                ax.plot(steps, mean, color=color, marker=_marker(steps))
             else:
                 steps, values = zip(*sorted(present[0].items()), strict=True)
-                ax.plot(steps, values, color=color, label=src.name, marker=_marker(steps))
+                ax.plot(steps, values, color=color, marker=_marker(steps))
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if len(srcs) > 1 or srcs[0].is_study:
-            ax.legend(fontsize=7, loc="upper right")  # a fixed place: "best" is slow
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         out.append((metric, buf.getvalue()))
@@ -285,6 +290,7 @@ def study_html(src):
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+.swatch { display: inline-block; width: 1.6em; height: 0.7em; margin-right: 0.3em; }
 .plots { display: flex; flex-wrap: wrap; gap: 8px; }
 .plots img { width: 360px; max-width: 100%; border: 1px solid #ddd; }
 .grids img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
@@ -308,12 +314,29 @@ document.querySelectorAll(".grids").forEach(function (box) {
 """
 
 
+def legend(srcs):
+    """Each source's colour and name; for a study, what its line and band are."""
+    items = []
+    for i, src in enumerate(srcs):
+        what = (
+            f" (mean ± std over {len(src.runs)} seed{'s' * (len(src.runs) != 1)})"
+            if src.is_study
+            else ""
+        )
+        items.append(
+            f'<span class="swatch" style="background:{colour(i)}"></span>'
+            f"{html.escape(src.name)}{what}"
+        )
+    return " &nbsp; ".join(items)
+
+
 def page(srcs):
     """The report's HTML text."""
     names = ", ".join(s.name for s in srcs)
     body = [f"<h1>mmgen_jax: {html.escape(names)}</h1>"]
     figures = plots(srcs)
     body.append('<section id="curves"><h2>Training curves</h2>')
+    body.append(f'<p class="legend">{legend(srcs)}</p>')
     if figures:
         body.append('<div class="plots">')
         for metric, png in figures:

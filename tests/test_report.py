@@ -110,7 +110,9 @@ def test_two_runs_share_each_plot_and_eval_metrics_are_plotted(smoke_run, tmp_pa
     ]
     second = _copy_run(smoke_run, tmp_path / "gan_b", shift=0.5, eval_rows=evals)
     out = report.write_report([str(first), str(second)], str(tmp_path / "both.html"))
-    images = _images(pathlib.Path(out).read_text(encoding="utf-8"))
+    text = pathlib.Path(out).read_text(encoding="utf-8")
+    images = _images(text)
+    assert re.search(r"background:#1f77b4\"></span>gan_a .*background:#ff7f0e\"></span>gan_b", text)
     # Both runs drawn in the same plot, each in its colour; eval/fid only by the second.
     assert _has_colour(images["g_loss"], TAB10["C0"]) and _has_colour(images["g_loss"], TAB10["C1"])
     assert _has_colour(images["eval/fid"], TAB10["C1"])
@@ -134,6 +136,7 @@ def test_sweep_writes_the_study_report_with_a_band_per_metric(smoke_run, tmp_pat
     sweep.run_study(config, "configs/gan.py:smoke", [0, 1, 2], str(root))
     text = (root / "report.html").read_text(encoding="utf-8")
     assert "Finished runs (seeds): 0, 1, 2." in text  # study.md inside
+    assert "study (mean ± std over 3 seeds)" in text  # the legend
     for seed in (0, 1, 2):
         assert f"<summary>seed_{seed}</summary>" in text
     images = _images(text)
