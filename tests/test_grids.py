@@ -2,6 +2,7 @@
 cells, Chinese drawn with real glyphs, and one warning where no CJK font is installed."""
 
 import logging
+import pathlib
 
 import numpy as np
 import pytest
@@ -125,3 +126,11 @@ def test_wrap_breaks_cjk_and_long_words_and_ends_cut_text_with_an_ellipsis():
     assert all(fonts.width(line, 12) <= 50 for line in lines)
     assert fonts.wrap("generated 1", 12, 30, break_words=False) is None
     assert fonts.clean("a\nb\x00c") == "a b?c"
+
+
+def test_a_cjk_font_is_found_at_known_paths_without_fontconfig(monkeypatch):
+    known = [p for p in fonts.KNOWN_CJK_FONTS if pathlib.Path(p).is_file()]
+    if not known:
+        pytest.skip(f"no CJK font at the known paths ({fonts.CJK_FONT_HINT})")
+    monkeypatch.setattr(fonts, "_fontconfig", lambda *args: "")  # macOS, Windows
+    assert fonts.find_cjk_font() == (known[0], 0)
