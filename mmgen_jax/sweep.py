@@ -10,7 +10,8 @@ here. `local` trains the seeds one after another in this process; `slurm` submit
 seed and `tpu` runs each seed on the slice in turn (`--dry_run` prints those commands). A run
 is finished when its latest checkpoint is at train.num_steps; finished runs are skipped, so
 re-running the same command resumes unfinished runs and, once all are finished, only
-rewrites the table: ROOT/study.md and ROOT/study.csv.
+rewrites the table: ROOT/study.md and ROOT/study.csv, and ROOT/report.html (every seed's
+curves as mean ± std over the seeds, and its sample grids: see mmgen_jax/report.py).
 
 Per run and metric (every numeric key in metrics.jsonl except step and wall-clock fields):
   final = the metric's value in the last row that has it (the end of training; evaluation
@@ -33,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmgen_jax import checkpoint, distributed, writers
+from mmgen_jax import checkpoint, distributed, report, writers
 
 FLAGS = flags.FLAGS
 
@@ -194,6 +195,8 @@ def run_study(config, config_arg, seeds, root, launcher="local", overrides=(), *
     unfinished = [s for s in seeds if s not in finished]
     table = aggregate([run_summary(run_dir(root, s)) for s in finished])
     write_study(root, table, finished, unfinished, config_arg)
+    # The seeds' curves (mean ± std) and grids beside the table.
+    report.write_report([root], os.path.join(root, "report.html"))
     if unfinished:
         log.info(
             "%d of %d runs not finished (%s); rerun this command to aggregate them once done.",
@@ -201,7 +204,7 @@ def run_study(config, config_arg, seeds, root, launcher="local", overrides=(), *
             len(seeds),
             ", ".join(map(str, unfinished)),
         )
-    log.info("Wrote %s and study.csv.", os.path.join(root, "study.md"))
+    log.info("Wrote %s, study.csv and report.html.", os.path.join(root, "study.md"))
     return table
 
 
