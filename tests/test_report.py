@@ -275,3 +275,7 @@ def test_report_renders_in_a_headless_browser_without_errors(browser, smoke_run,
     assert grids.find_element(By.CSS_SELECTOR, ".step").text == "3"
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
+
+
+def test_training_writes_the_runs_report(smoke_run):
+    assert 'data-step="6"' in (smoke_run / "report.html").read_text(encoding="utf-8")
