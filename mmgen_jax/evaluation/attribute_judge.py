@@ -18,10 +18,15 @@ import os
 import re
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
+from mmgen_jax import app
 from mmgen_jax.data.digits_captions import COLOR_NAMES, DIGIT_WORDS, PALETTE
+
+FLAGS = app.flag_values(devices=False)
+flags.DEFINE_string("samples_dir", None, "Folder with index.jsonl and the PNGs.", flag_values=FLAGS)
+flags.mark_flag_as_required("samples_dir", flag_values=FLAGS)
 
 _PALETTE = np.asarray(PALETTE, np.float32)
 _CAPTION = re.compile(r"^a (\w+) handwritten (\w+) on a (\w+) background$")
@@ -82,7 +87,7 @@ def score(images, targets):
 
 def main(argv):
     del argv
-    folder = flags.FLAGS.samples_dir
+    folder = FLAGS.samples_dir
     with open(os.path.join(folder, "index.jsonl"), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     parsed = [(r, parse_caption(r["caption"])) for r in rows]
@@ -100,6 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("samples_dir", None, "Folder with index.jsonl and the PNGs.")
-    flags.mark_flag_as_required("samples_dir")
-    app.run(main)
+    app.run(main, FLAGS)

@@ -13,9 +13,16 @@ import functools
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
+from mmgen_jax import app
 from mmgen_jax.data import digits_captions as dc
+
+FLAGS = app.flag_values(devices=False)
+flags.DEFINE_string(
+    "samples_dir", None, "Folder with index.jsonl from image2text.", flag_values=FLAGS
+)
+flags.mark_flag_as_required("samples_dir", flag_values=FLAGS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,7 +63,7 @@ def score(captions, references):
 
 def main(argv):
     del argv
-    path = os.path.join(flags.FLAGS.samples_dir, "index.jsonl")
+    path = os.path.join(FLAGS.samples_dir, "index.jsonl")
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     if not rows or any("reference" not in r for r in rows):
@@ -68,6 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("samples_dir", None, "Folder with index.jsonl from image2text.")
-    flags.mark_flag_as_required("samples_dir")
-    app.run(main)
+    app.run(main, FLAGS)
