@@ -89,7 +89,7 @@ def parse_flags(fv, argv):
             e = e.args[0]
         fail(
             f"config has no field {e.args[0] if e.args else e} (overrides given: {', '.join(overrides)}). "
-            f"Fields and their meaning are listed in the config file."
+            "Fields and their meaning are listed in the config file."
         )
     except flags.UnrecognizedFlagError as e:
         if e.flagname.startswith("config."):

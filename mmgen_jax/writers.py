@@ -28,8 +28,8 @@ def configure_logging(verbose=False):
     for name in ("jax", "orbax", "tensorflow_datasets", "grain"):
         logging.getLogger(name).setLevel(library_level)
     absl_logger = absl_logging.get_absl_logger()
-    if not any(isinstance(f, _NoOpenCVHint) for f in absl_logger.filters):
-        absl_logger.addFilter(_NoOpenCVHint())
+    if not any(isinstance(f, _KnownNoise) for f in absl_logger.filters):
+        absl_logger.addFilter(_KnownNoise())
     if not any(getattr(h, "_mmgen_jax", False) for h in log.handlers):
         handler = logging.StreamHandler()
         handler._mmgen_jax = True
@@ -39,11 +39,14 @@ def configure_logging(verbose=False):
     log.propagate = False
 
 
-class _NoOpenCVHint(logging.Filter):
-    """TFDS suggests OpenCV for image decoding on every start; PIL serves these images."""
+class _KnownNoise(logging.Filter):
+    """Warnings that say nothing to act on: TFDS suggests OpenCV on every start (PIL serves
+    these images); Orbax notes that a checkpoint folder opened read-only is read-only."""
+
+    MESSAGES = ("OpenCV is not installed", "Given directory is read only")
 
     def filter(self, record):
-        return "OpenCV is not installed" not in record.getMessage()
+        return not any(m in record.getMessage() for m in self.MESSAGES)
 
 
 class MetricWriter:
