@@ -70,47 +70,57 @@ def define_config(fv, help_string="Experiment config file (get_config(arg)); FIL
     flags.mark_flag_as_required("config", flag_values=fv)
 
 
-def parse_flags(fv, argv):
-    """Parses `argv` into `fv`; a bad flag or config override ends in one FATAL line.
-
-    Returns the positional arguments (argv[0] first), as absl does."""
+def parse_flags(fv, argv, doc=""):
+    """Parses `argv` into `fv` (afresh: a second call forgets the first's values); a bad
+    flag or config override ends in one FATAL line. Returns the positional arguments
+    (argv[0] first), as absl does. `doc`: the command's --help text."""
     if any(a in HELP_FLAGS for a in argv[1:]):
-        doc = (sys.modules["__main__"].__doc__ or "").strip()
-        print(f"{doc}\n\nFlags:\n{fv.get_help()}")
+        print(f"{(doc or '').strip()}\n\nFlags:\n{fv.get_help()}")
         raise SystemExit(0)
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    if fv.is_parsed():
+        fv.unparse_flags()
+    saved_argv, sys.argv = sys.argv, list(argv)  # config_flags reads overrides there
     try:
         rest = fv(argv)
         if "config" in fv:
             fv.config.keys()  # a config file that failed to load raises here
         return rest
-    except (AttributeError, KeyError) as e:
+    except (AttributeError, KeyError, flags.Error, OSError, ValueError) as e:
+        if "--verbose" in argv:
+            raise
+        fail(_parsing_problem(e, overrides))
+    finally:
+        sys.argv = saved_argv
+
+
+def _parsing_problem(e, overrides):
+    """What went wrong in parsing, said for a user in one line."""
+    if isinstance(e, AttributeError | KeyError):  # an override naming no field
         while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(name))
             e = e.args[0]
-        fail(
-            f"config has no field {e.args[0] if e.args else e} (overrides given: {', '.join(overrides)}). "
+        field = e.args[0] if e.args else e
+        return (
+            f"config has no field {field} (overrides given: {', '.join(overrides)}). "
             "Fields and their meaning are listed in the config file."
         )
-    except flags.UnrecognizedFlagError as e:
+    if isinstance(e, flags.UnrecognizedFlagError):
         if e.flagname.startswith("config."):
-            fail(
+            return (
                 f"config has no field {e.flagname.removeprefix('config.')!r}: fields and "
-                f"their meaning are listed in the config file"
+                "their meaning are listed in the config file"
             )
-        fail(f"unknown flag --{e.flagname}: see --help")
-    except flags.IllegalFlagValueError as e:
+        return f"unknown flag --{e.flagname}: see --help"
+    if isinstance(e, flags.IllegalFlagValueError):
         missing = re.match(r"flag --(\S+)=None: Flag --\S+ must have a value other", str(e))
         if missing:
-            fail(f"--{missing[1]} is required: see --help")
+            return f"--{missing[1]} is required: see --help"
         # A config file that raised is reported with its traceback inside the message;
         # its last line is the cause.
-        fail(re.sub(r"^\w+(Error|Exception): ", "", str(e).strip().splitlines()[-1]))
-    except flags.Error as e:
-        fail(str(e))
-    except OSError as e:  # ml_collections: the config file could not be read
-        fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
-    except ValueError as e:  # e.g. an unknown variant in --config=FILE:VARIANT
-        fail(str(e))
+        return re.sub(r"^\w+(Error|Exception): ", "", str(e).strip().splitlines()[-1])
+    if isinstance(e, OSError):  # ml_collections: the config file could not be read
+        return f"--config: {str(e).strip().splitlines()[-1].strip()}"
+    return str(e)  # e.g. an unknown variant in --config=FILE:VARIANT
 
 
 def fail(error):
@@ -127,7 +137,7 @@ def run(main, fv, argv=None):
     argv = list(sys.argv if argv is None else argv)
     if not flags.FLAGS.is_parsed():  # absl logging asks; the command's flags live in `fv`
         flags.FLAGS.mark_as_parsed()
-    rest = parse_flags(fv, argv)
+    rest = parse_flags(fv, argv, sys.modules[main.__module__].__doc__)
     # XLA's C++ INFO lines: read when the backend starts, which is later (in `start`).
     # A value the user exported wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if fv.verbose else "1")
