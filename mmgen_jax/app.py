@@ -80,7 +80,6 @@ def parse_flags(fv, argv, doc=""):
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
     if fv.is_parsed():
         fv.unparse_flags()
-    saved_argv, sys.argv = sys.argv, list(argv)  # config_flags reads overrides there
     try:
         rest = fv(argv)
         if "config" in fv:
@@ -90,8 +89,6 @@ def parse_flags(fv, argv, doc=""):
         if "--verbose" in argv:
             raise
         fail(_parsing_problem(e, overrides))
-    finally:
-        sys.argv = saved_argv
 
 
 def _parsing_problem(e, overrides):
@@ -133,16 +130,18 @@ def fail(error):
 
 def run(main, fv, argv=None):
     """Parses the flags, configures logging and runs `main(argv)`; errors a user can cause
-    end in `fail` unless --verbose. Also the in-process entry point of tests."""
+    end in `fail` unless --verbose. With `argv` (tests run commands in-process) sys.argv is
+    `argv` meanwhile: config_flags reads the config overrides there."""
     argv = list(sys.argv if argv is None else argv)
     if not flags.FLAGS.is_parsed():  # absl logging asks; the command's flags live in `fv`
         flags.FLAGS.mark_as_parsed()
-    rest = parse_flags(fv, argv, sys.modules[main.__module__].__doc__)
-    # XLA's C++ INFO lines: read when the backend starts, which is later (in `start`).
-    # A value the user exported wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if fv.verbose else "1")
-    writers.configure_logging(verbose=fv.verbose)
+    saved_argv, sys.argv = sys.argv, argv
     try:
+        rest = parse_flags(fv, argv, sys.modules[main.__module__].__doc__)
+        # XLA's C++ INFO lines: read when the backend starts, which is later (in `start`).
+        # A value the user exported wins.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if fv.verbose else "1")
+        writers.configure_logging(verbose=fv.verbose)
         if len(rest) > 1:
             raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
         return main(rest)
@@ -150,6 +149,8 @@ def run(main, fv, argv=None):
         if fv.verbose:
             raise
         fail(e)
+    finally:
+        sys.argv = saved_argv
 
 
 def start(fv, config=None, batch_size=None):
