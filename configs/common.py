@@ -55,7 +55,7 @@ def train_loop(num_steps, batch_size, **changes) -> ml_collections.ConfigDict:
     t.sample_every = 1000  # steps between sample grids
     # Steps between evaluations (FD/KID/P-R/consistency on eval.train_num_samples captions,
     # best checkpoint kept in WORKDIR/best/; the evaluator: test accuracy). Generative runs
-    # need the domain evaluator trained first (README "Evaluate").
+    # need the domain evaluator trained first (README "Evaluation").
     t.eval_every = 0
     # GPU: XLA's deterministic ops (bit-identical reruns, somewhat slower); XLA:CPU and TPU
     # are deterministic already. Set before the backend starts (mmgen_jax/app.py).

@@ -105,7 +105,7 @@ def cpu_devices(requested: str, batch_size: int, multi_process=False, env=None, 
 
     XLA:CPU splits each operation of a device's program over a shared thread pool, and
     small convolutions split poorly: on 2 cores a DCGAN-32 step runs 1.64x faster than on
-    one as one device, 1.95x as two devices of half the batch each (README, Performance). The
+    one as one device, 1.95x as two devices of half the batch each (docs/performance.md). The
     step computes the same function either way -- gradients and BatchNorm statistics are
     averaged over all devices -- up to floating-point summation order, so bit-for-bit
     comparisons need the same device count (recorded in the run's manifest).

@@ -117,6 +117,7 @@ def test_sweep_local_trains_on_mains_cpu_split(tmp_path, data_dir):
         ("--config=configs/nope.py", "--config: [Errno 2] No such file or directory"),
         ("--config=configs/gan.py:nope", "unknown variant 'nope' of configs/gan.py"),
         ("--config.train.no_such_field=3", "config has no field 'no_such_field'"),
+        ("--config.train.num_steps=many", "flag --config.train.num_steps=many: invalid literal"),
         ("--cpu_devices=3", "--cpu_devices=3 does not divide train.batch_size=8"),
     ],
 )
