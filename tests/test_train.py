@@ -9,8 +9,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from mmgen_jax import train
 
 
