@@ -3,12 +3,14 @@ in-process, the config checks' one-line errors, --verbose, quiet logs, and `swee
 exactly as `main` does."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import ml_collections
 import pytest
+from absl import logging as absl_logging
 from conftest import ROOT, load_config
 
 from mmgen_jax import (
@@ -25,6 +27,25 @@ from mmgen_jax import (
 from mmgen_jax.evaluation import attribute_judge, caption_judge
 
 SMOKE = "--config=configs/gan.py:smoke"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Commands run in-process configure logging for a terminal (our logger stops
+    propagating); later tests' caplog, and subprocesses' environment, need it as it was."""
+    cpp_level = os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    names = ("mmgen_jax", "jax", "orbax", "tensorflow_datasets", "grain")
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg.propagate, list(lg.handlers), lg.level) for lg in loggers]
+    verbosity = absl_logging.get_verbosity()
+    yield
+    for lg, (propagate, handlers, level) in zip(loggers, saved, strict=True):
+        lg.propagate, lg.handlers[:] = propagate, handlers
+        lg.setLevel(level)
+    absl_logging.set_verbosity(verbosity)
+    os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    if cpp_level is not None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = cpp_level
 
 
 def _fatal_lines(capsys, command, argv):
