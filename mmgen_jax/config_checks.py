@@ -7,7 +7,7 @@ no `train.loss`), so one function serves every family.
 """
 
 from mmgen_jax import elbo, families, losses
-from mmgen_jax.evaluation import extractors
+from mmgen_jax.evaluation import extractors, settings
 from mmgen_jax.families import vae
 from mmgen_jax.models import dcgan, layers, text
 
@@ -27,7 +27,7 @@ CHOICES = {
     "train.update_order": losses.UPDATE_ORDERS,
     "train.image_likelihood": elbo.IMAGE_LIKELIHOODS,
     "eval.extractor": tuple(extractors.REGISTRY),
-    "eval.best_mode": ("min", "max"),
+    "eval.best_mode": settings.BEST_MODES,
 }
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: compute dtype (params stay float32)
 

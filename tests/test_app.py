@@ -5,6 +5,7 @@ exactly as `main` does."""
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -241,9 +242,13 @@ def run_dir(tmp_path_factory, data_dir):
 
 
 def _library_lines(stderr):
-    """Lines of stderr that libraries logged (absl/Python logging, XLA's C++ log)."""
-    noise = ("INFO", "WARNING:", "absl", "orbax", "I0000", "W0000")
-    return [line for line in stderr.splitlines() if any(n in line for n in noise)]
+    """Lines of stderr that libraries logged: Python/absl logging, XLA's C++ log
+    ("I1203 08:37:01.679391 26060 pjrt_client.cc:579] ...")."""
+    noise = ("INFO", "WARNING:", "absl", "orbax")
+    cpp_log = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")
+    return [
+        line for line in stderr.splitlines() if any(n in line for n in noise) or cpp_log.match(line)
+    ]
 
 
 def test_sample_run_is_quiet_and_verbose_shows_tracebacks(tmp_path, run_dir):
@@ -272,3 +277,13 @@ def test_sample_run_is_quiet_and_verbose_shows_tracebacks(tmp_path, run_dir):
     assert len(result.stderr.strip().splitlines()) == 1
     verbose = sample_cmd(*missing, "--verbose")
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_help_lists_the_commands_and_shared_flags(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        app.run(main.main, main.FLAGS, ["main", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Train a model: python -m mmgen_jax.main")
+    for flag in ("--workdir", "--config", "--verbose", "--cpu_devices", "--multihost"):
+        assert flag in out
