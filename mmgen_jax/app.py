@@ -78,8 +78,10 @@ def parse_flags(fv, argv, doc=""):
         print(f"{(doc or '').strip()}\n\nFlags:\n{fv.get_help()}")
         raise SystemExit(0)
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    if fv.is_parsed():
+    if fv.is_parsed():  # a second run in one process (tests)
         fv.unparse_flags()
+        for name in [n for n in fv if n.startswith("config.")]:
+            delattr(fv, name)  # config_flags defines one flag per override at parse time
     try:
         rest = fv(argv)
         if "config" in fv:

@@ -285,5 +285,5 @@ def test_help_lists_the_commands_and_shared_flags(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("Train a model: python -m mmgen_jax.main")
-    for flag in ("--workdir", "--config", "--verbose", "--cpu_devices", "--multihost"):
+    for flag in ("--workdir", "--config", "--[no]verbose", "--cpu_devices", "--multihost"):
         assert flag in out
