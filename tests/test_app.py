@@ -2,6 +2,7 @@
 in-process, the config checks' one-line errors, --verbose, quiet logs, and `sweep` starting
 exactly as `main` does."""
 
+import errno
 import json
 import logging
 import os
@@ -287,3 +288,39 @@ def test_help_lists_the_commands_and_shared_flags(capsys):
     assert out.startswith("Train a model: python -m mmgen_jax.main")
     for flag in ("--workdir", "--config", "--[no]verbose", "--cpu_devices", "--multihost"):
         assert flag in out
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/runs/r/checkpoints"),
+            "FATAL: [Errno 28] No space left on device: '/runs/r/checkpoints'",
+        ),
+        (
+            PermissionError(errno.EROFS, "Read-only file system", "/runs/r/config.json"),
+            "FATAL: [Errno 30] Read-only file system: '/runs/r/config.json'",
+        ),
+        (
+            FloatingPointError("non-finite d_loss at step 8:\n  lower the learning rates"),
+            "FATAL: non-finite d_loss at step 8: lower the learning rates",
+        ),
+    ],
+)
+def test_what_a_user_can_cause_in_training_is_one_line(
+    tmp_path, capsys, monkeypatch, started, error, line
+):
+    def fails(config, workdir):
+        raise error
+
+    monkeypatch.setattr(train, "train_and_evaluate", fails)
+    assert _fatal_lines(capsys, main, [SMOKE, f"--workdir={tmp_path}"]) == [line]
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch, started):
+    def fails(config, workdir):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(train, "train_and_evaluate", fails)
+    with pytest.raises(RuntimeError, match="a bug"):
+        app.run(main.main, main.FLAGS, ["main", SMOKE, f"--workdir={tmp_path}"])
