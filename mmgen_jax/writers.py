@@ -18,21 +18,36 @@ from mmgen_jax import fonts
 log = logging.getLogger("mmgen_jax")
 
 
-def configure_logging():
-    """Our progress lines at INFO on stderr; libraries at WARNING and above (Orbax's INFO
-    lines narrate every file it writes)."""
+def configure_logging(verbose=False):
+    """Our progress lines at INFO on stderr; libraries (Orbax, absl, JAX, TFDS) at WARNING
+    and above, or INFO with `verbose` (Orbax's INFO lines narrate every file it writes).
+    Idempotent: commands run in-process by tests call it again."""
     from absl import logging as absl_logging
 
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    # TFDS suggests OpenCV for image decoding on every start; PIL serves these small images.
-    absl_logging.get_absl_logger().addFilter(
-        lambda record: "OpenCV is not installed" not in record.getMessage()
-    )
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    library_level = logging.INFO if verbose else logging.WARNING
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+    for name in ("jax", "orbax", "tensorflow_datasets", "grain"):
+        logging.getLogger(name).setLevel(library_level)
+    absl_logger = absl_logging.get_absl_logger()
+    if not any(isinstance(f, _KnownNoise) for f in absl_logger.filters):
+        absl_logger.addFilter(_KnownNoise())
+    if not any(getattr(h, "_mmgen_jax", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler._mmgen_jax = True
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
-    log.addHandler(handler)
     log.propagate = False
+
+
+class _KnownNoise(logging.Filter):
+    """Warnings that say nothing to act on: TFDS suggests OpenCV on every start (PIL serves
+    these images); Orbax notes that a checkpoint folder opened read-only is read-only."""
+
+    MESSAGES = ("OpenCV is not installed", "Given directory is read only")
+
+    def filter(self, record):
+        return not any(m in record.getMessage() for m in self.MESSAGES)
 
 
 class MetricWriter:
