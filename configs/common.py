@@ -18,6 +18,10 @@ def base(family, *, num_steps, batch_size, **loop) -> ml_collections.ConfigDict:
     defaults below); the caller adds model and objective fields."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # base seed: parameters, noise, augmentation and data order all derive from it
+    # Another run's workdir: a new run starts from its latest parameters (EMA, normalisation
+    # statistics), with a fresh step count, noise and optimiser state (fine-tuning, or
+    # continuing a diverged run with other learning rates). "" = from scratch.
+    c.init_from = ""
     c.data = data()
     c.model = ml_collections.ConfigDict()
     c.model.family = family  # model family in mmgen_jax.families
@@ -53,6 +57,7 @@ def train_loop(num_steps, batch_size, **changes) -> ml_collections.ConfigDict:
     t.checkpoint_every = 1000  # steps between (asynchronous) checkpoints
     t.max_to_keep = 2  # checkpoints kept on disk (at least 1)
     t.sample_every = 1000  # steps between sample grids
+    t.write_report = True  # WORKDIR/report.html at every sample grid (mmgen_jax/report.py)
     # Steps between evaluations (FD/KID/P-R/consistency on eval.train_num_samples captions,
     # best checkpoint kept in WORKDIR/best/; the evaluator: test accuracy). Generative runs
     # need the domain evaluator trained first (README "Evaluation").

@@ -8,12 +8,11 @@ no `train.loss`), so one function serves every family.
 
 from mmgen_jax import elbo, families, losses
 from mmgen_jax.evaluation import extractors, settings
-from mmgen_jax.families import vae
+from mmgen_jax.families import gan, vae
 from mmgen_jax.models import dcgan, layers, text
 
 # The GAN also accepts "none": the batch carries precomputed caption embeddings
 # (families/gan.PrecomputedText; the benchmark's dcgan32 variant).
-PRECOMPUTED_TEXT = "none"
 
 # field -> allowed values, for the fields a config has.
 CHOICES = {
@@ -86,7 +85,7 @@ def _choices(config):
     choices = dict(CHOICES)
     encoders = text.KINDS
     if _get(config, "model.family") == "gan":
-        encoders += (PRECOMPUTED_TEXT,)
+        encoders += (gan.PRECOMPUTED_TEXT,)
     choices["model.text_encoder"] = encoders
     return choices
 

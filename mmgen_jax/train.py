@@ -70,12 +70,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
     num_steps = config.train.num_steps
     if start >= num_steps:
-        log.info(
-            "%s already trained to step %d (num_steps=%d): nothing to do.",
-            workdir,
-            start,
-            num_steps,
-        )
+        if start == 0:
+            log.info(
+                "train.num_steps=0: nothing trained; %s holds config.json and manifest.json only.",
+                workdir,
+            )
+        else:
+            log.info(
+                "%s already trained to step %d (num_steps=%d): nothing to do.",
+                workdir,
+                start,
+                num_steps,
+            )
         ckpt.close()
         stream.close()
         return state

@@ -50,9 +50,10 @@ class VAE(base.Family):
         m, d, t = config.model, config.data, config.train
         if m.fusion not in FUSIONS:
             raise ValueError(f"config.model.fusion={m.fusion!r}: use one of {FUSIONS}")
-        if t.image_likelihood not in ("gaussian", "laplace"):
+        if t.image_likelihood not in elbo.IMAGE_LIKELIHOODS:
             raise ValueError(
-                f"config.train.image_likelihood={t.image_likelihood!r}: use 'gaussian' or 'laplace'"
+                f"config.train.image_likelihood={t.image_likelihood!r}: use one of "
+                f"{elbo.IMAGE_LIKELIHOODS}"
             )
         self.net = vae_lib.MultimodalVAE(
             latent_dim=m.latent_dim,
