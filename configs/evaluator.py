@@ -13,25 +13,22 @@ import ml_collections
 
 from mmgen_jax import config_variants
 
+common = config_variants.sibling(__file__, "common")
+
 
 def get_config(arg=None):
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # base seed: parameters, augmentation and data order all derive from it
+    # data.name: must store every attribute in model.heads; the eval split measures accuracy.
+    c = common.base(
+        "evaluator",
+        num_steps=2000,
+        batch_size=128,
+        checkpoint_every=500,
+        max_to_keep=1,
+        sample_every=0,  # the evaluator draws no samples
+        eval_every=1000,  # steps between test-accuracy measurements (and at the end)
+    )
 
-    c.data = d = ml_collections.ConfigDict()
-    d.name = "digits_captions"  # TFDS dataset; must store every attribute in model.heads
-    d.data_dir = ""  # TFDS data_dir; "" = $MMGEN_DATA_DIR or ~/tensorflow_datasets
-    d.path = ""  # your folder of images + captions (data.name="caption_folder")
-    d.skip_bad = False  # caption_folder: skip (and count) bad rows instead of failing
-    d.train_split = "train"  # split the classifier trains on
-    d.eval_split = "test"  # split its accuracy is measured on
-    d.image_size = 32  # images are resized to image_size x image_size RGB
-    d.max_text_len = 64  # caption tokens read by the input pipeline (unused by the classifier)
-    d.num_threads = 1  # Grain reader threads per process (why 1: data/pipeline.TrainStream)
-    d.prefetch = 4  # batches Grain prepares ahead of the step
-
-    c.model = m = ml_collections.ConfigDict()
-    m.family = "evaluator"  # model family in mmgen_jax.families
+    m = c.model
     # One softmax head per attribute the dataset stores: {feature name: number of classes}
     # (digits_captions: the digit `label`, foreground `fg` and background `bg` colours).
     m.heads = ml_collections.ConfigDict({"label": 10, "fg": 6, "bg": 6})
@@ -45,9 +42,7 @@ def get_config(arg=None):
     m.colour_feature_dim = 32  # colour trunk's penultimate features
     # FD, KID and precision/recall use both trunks' features side by side (160-d).
 
-    c.train = t = ml_collections.ConfigDict()
-    t.num_steps = 2000  # optimisation steps
-    t.batch_size = 128  # global batch size, split over all devices of all processes
+    t = c.train
     t.lr = 1e-3  # Adam learning rate
     t.augment_shift = 2  # random shifts of up to this many pixels (0 = off)
     # Gaussian blur of random std up to this many pixels (0 = off): generated strokes are
@@ -55,13 +50,6 @@ def get_config(arg=None):
     t.augment_blur = 1.0
     t.augment_noise = 0.1  # std of Gaussian pixel noise added to images in [-1, 1]
     t.recolour_prob = 0.5  # share of images in random new colours (0 = off)
-    t.steps_per_dispatch = 1  # steps per host call (lax.scan); must divide the counts below
-    t.deterministic = False  # GPU: XLA's deterministic ops (bit-identical reruns, slower)
-    t.log_every = 100  # steps between metric lines
-    t.checkpoint_every = 500  # steps between (asynchronous) checkpoints
-    t.max_to_keep = 1  # checkpoints kept on disk
-    t.sample_every = 0  # unused: the evaluator draws no samples
-    t.eval_every = 1000  # steps between test-accuracy measurements (and at the end)
     t.eval_examples = 100_000  # test examples measured (at most the whole eval split)
 
     return config_variants.apply(c, arg, VARIANTS, "configs/evaluator.py")
@@ -69,14 +57,11 @@ def get_config(arg=None):
 
 def _smoke(c):
     """Tiny and fast: for tests and CI."""
+    common.smoke(c)
     c.model.width = 8
     c.model.feature_dim = 16
     c.model.colour_feature_dim = 8
-    c.train.num_steps = 6
     c.train.batch_size = 16
-    c.train.log_every = 2
-    c.train.checkpoint_every = 3
-    c.train.eval_every = 3
     c.train.eval_examples = 64
 
 

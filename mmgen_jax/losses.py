@@ -8,6 +8,10 @@ softplus keeps the log-sigmoid terms finite for any logit:
 import jax
 import jax.numpy as jnp
 
+LOSSES = ("hinge", "nonsaturating")  # train.loss
+# train.update_order: G's step sees D already updated this step, or both see the step's start.
+UPDATE_ORDERS = ("alternating", "simultaneous")
+
 
 def _real_term(loss, logits):
     """The D-loss term that pushes `logits` towards 'real'."""
@@ -15,7 +19,7 @@ def _real_term(loss, logits):
         return jnp.mean(jax.nn.softplus(-logits))  # -E[log D(x)]
     if loss == "hinge":
         return jnp.mean(jax.nn.relu(1.0 - logits))  # E[max(0, 1 - D(x))]
-    raise ValueError(f"unknown GAN loss {loss!r}; use 'nonsaturating' or 'hinge'")
+    raise ValueError(f"unknown GAN loss {loss!r}; use one of {LOSSES}")
 
 
 def _fake_term(loss, logits):
@@ -24,7 +28,7 @@ def _fake_term(loss, logits):
         return jnp.mean(jax.nn.softplus(logits))  # -E[log(1 - D(G(z)))]
     if loss == "hinge":
         return jnp.mean(jax.nn.relu(1.0 + logits))  # E[max(0, 1 + D(G(z)))]
-    raise ValueError(f"unknown GAN loss {loss!r}; use 'nonsaturating' or 'hinge'")
+    raise ValueError(f"unknown GAN loss {loss!r}; use one of {LOSSES}")
 
 
 def discriminator_loss(loss, real_logits, fake_logits, mismatched_logits=None, mismatch_weight=0.5):
@@ -44,7 +48,7 @@ def generator_loss(loss, fake_logits):
         return _real_term(loss, fake_logits)
     if loss == "hinge":
         return -jnp.mean(fake_logits)
-    raise ValueError(f"unknown GAN loss {loss!r}; use 'nonsaturating' or 'hinge'")
+    raise ValueError(f"unknown GAN loss {loss!r}; use one of {LOSSES}")
 
 
 def contrastive_loss(queries, keys, offset, temperature):
@@ -61,11 +65,16 @@ def contrastive_loss(queries, keys, offset, temperature):
     return -jnp.mean(jnp.take_along_axis(log_probs, targets[:, None], axis=-1))
 
 
+def cross_entropy(logits, labels):
+    """Per-example cross-entropy (B,) of integer `labels` under `logits` (B, K)."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
 def classification_loss(logits, labels, weights=None):
     """Mean cross-entropy of integer `labels` under `logits` (B, K); with `weights` (B,),
     the weighted mean (0 when every weight is 0)."""
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    nll = cross_entropy(logits, labels)
     if weights is None:
         return jnp.mean(nll)
     return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1e-6)

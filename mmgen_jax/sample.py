@@ -22,15 +22,16 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
-from mmgen_jax import parallel, writers
+from mmgen_jax import app, parallel, writers
 from mmgen_jax.data import pipeline, prepare, tokenizer
 from mmgen_jax.families import base
 from mmgen_jax.runs import generate_from_tokens, load_run
 
-flags.DEFINE_string("workdir", None, "A training run's directory.")
+FLAGS = app.flag_values()
+flags.DEFINE_string("workdir", None, "A training run's directory.", flag_values=FLAGS)
 # --mode -> the capability a run's family must declare for it.
 MODE_CAPABILITIES = {
     "text2image": base.TEXT_TO_IMAGE,
@@ -39,25 +40,38 @@ MODE_CAPABILITIES = {
     "reconstruct": base.RECONSTRUCT,
 }
 MODES = tuple(MODE_CAPABILITIES)
-flags.DEFINE_enum("mode", "text2image", MODES, "What to sample (all but text2image: VAE runs).")
-flags.DEFINE_string("images_dir", None, "image2text: a folder of images (default: eval split).")
-flags.DEFINE_float("temperature", 0.0, "image2text: caption sampling temperature (0 = greedy).")
-flags.DEFINE_string("captions_file", None, "UTF-8 text file, one caption per line.")
-flags.DEFINE_string("out_dir", None, "Where the PNGs and index.jsonl go.")
-flags.DEFINE_string("caption", None, "One caption for a quick grid (with --out).")
-flags.DEFINE_integer(
-    "num", 16, "Images in the quick grid (rounded up to rows of 8); joint/reconstruct samples."
+flags.DEFINE_enum(
+    "mode", "text2image", MODES, "What to sample (all but text2image: VAE runs).", flag_values=FLAGS
 )
-flags.DEFINE_string("out", None, "Path of the quick grid PNG.")
-flags.DEFINE_integer("seed", 0, "Noise seed.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_string(
+    "images_dir", None, "image2text: a folder of images (default: eval split).", flag_values=FLAGS
+)
+flags.DEFINE_float(
+    "temperature", 0.0, "image2text: caption sampling temperature (0 = greedy).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "captions_file", None, "UTF-8 text file, one caption per line.", flag_values=FLAGS
+)
+flags.DEFINE_string("out_dir", None, "Where the PNGs and index.jsonl go.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "caption", None, "One caption for a quick grid (with --out).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "num",
+    16,
+    "Images in the quick grid (rounded up to rows of 8); joint/reconstruct samples.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("out", None, "Path of the quick grid PNG.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Noise seed.", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
 flags.DEFINE_integer(
     "batch_size",
     256,
     "Images generated per call, split over the devices (rounded up to a multiple).",
+    flag_values=FLAGS,
 )
-flags.mark_flag_as_required("workdir")
-FLAGS = flags.FLAGS
+flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
 def generate(family, variables, captions, max_text_len, seed=0, batch_size=256):
@@ -151,6 +165,7 @@ def read_captions(path):
 
 def main(argv):
     del argv
+    app.start(FLAGS)
     if FLAGS.mode != "text2image":
         return sample_vae(FLAGS.mode)
     if bool(FLAGS.captions_file) == bool(FLAGS.caption):
@@ -235,4 +250,4 @@ def sample_vae(mode):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, FLAGS)

@@ -10,7 +10,8 @@ here. `local` trains the seeds one after another in this process; `slurm` submit
 seed and `tpu` runs each seed on the slice in turn (`--dry_run` prints those commands). A run
 is finished when its latest checkpoint is at train.num_steps; finished runs are skipped, so
 re-running the same command resumes unfinished runs and, once all are finished, only
-rewrites the table: ROOT/study.md and ROOT/study.csv.
+rewrites the table: ROOT/study.md and ROOT/study.csv, and ROOT/report.html (every seed's
+curves as mean ± std over the seeds, and its sample grids: see mmgen_jax/report.py).
 
 Per run and metric (every numeric key in metrics.jsonl except step and wall-clock fields):
   final = the metric's value in the last row that has it (the end of training; evaluation
@@ -30,12 +31,27 @@ import subprocess
 import sys
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from mmgen_jax import checkpoint, distributed, writers
+from mmgen_jax import app, checkpoint, config_checks, report
 
-FLAGS = flags.FLAGS
+FLAGS = app.flag_values()
+app.define_config(FLAGS)
+flags.DEFINE_list(
+    "seeds", ["0", "1", "2"], "Seeds, comma-separated: one run each.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "root", None, "Study directory: ROOT/seed_N per run, study.md/csv.", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    "launcher", "local", ["local", "slurm", "tpu"], "Where the runs train.", flag_values=FLAGS
+)
+flags.DEFINE_string("tpu_name", None, "--launcher=tpu: the TPU VM slice's name.", flag_values=FLAGS)
+flags.DEFINE_string("tpu_zone", None, "--launcher=tpu: its zone.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "dry_run", False, "slurm/tpu: print the commands instead of running them.", flag_values=FLAGS
+)
+flags.mark_flag_as_required("root", flag_values=FLAGS)
 
 # Metrics where larger is better; every other metric is best at its minimum (losses,
 # Fréchet distance, KID).
@@ -194,6 +210,8 @@ def run_study(config, config_arg, seeds, root, launcher="local", overrides=(), *
     unfinished = [s for s in seeds if s not in finished]
     table = aggregate([run_summary(run_dir(root, s)) for s in finished])
     write_study(root, table, finished, unfinished, config_arg)
+    # The seeds' curves (mean ± std) and grids beside the table.
+    report.write_report([root], os.path.join(root, "report.html"))
     if unfinished:
         log.info(
             "%d of %d runs not finished (%s); rerun this command to aggregate them once done.",
@@ -201,22 +219,21 @@ def run_study(config, config_arg, seeds, root, launcher="local", overrides=(), *
             len(seeds),
             ", ".join(map(str, unfinished)),
         )
-    log.info("Wrote %s and study.csv.", os.path.join(root, "study.md"))
+    log.info("Wrote %s, study.csv and report.html.", os.path.join(root, "study.md"))
     return table
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    writers.configure_logging()
+    del argv
     try:
         seeds = [int(s) for s in FLAGS.seeds]
     except ValueError:
         raise app.UsageError(f"--seeds must be integers, got {','.join(FLAGS.seeds)}") from None
     if FLAGS.launcher == "local":
-        # Seeds train here, one process: set the XLA flags before JAX starts.
-        deterministic = FLAGS.config.train.get("deterministic", False)
-        distributed.initialize(distributed.Plan(), deterministic=deterministic)
+        # Seeds train in this process: exactly `main`'s start-up (checks, devices, XLA flags).
+        app.start(FLAGS, config=FLAGS.config)
+    else:
+        config_checks.check(FLAGS.config)  # refused here, not on the cluster
     run_study(
         FLAGS.config,
         _config_arg(sys.argv[1:]),
@@ -240,19 +257,5 @@ def _config_arg(argv):
     return FLAGS["config"].config_filename
 
 
-def _define_flags():
-    """The CLI's flags, defined only when run as a program: importing this module for its
-    functions must not claim flag names (`--config`) that other entry points define."""
-    config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).")
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, comma-separated: one run each.")
-    flags.DEFINE_string("root", None, "Study directory: ROOT/seed_N per run, study.md/csv.")
-    flags.DEFINE_enum("launcher", "local", ["local", "slurm", "tpu"], "Where the runs train.")
-    flags.DEFINE_string("tpu_name", None, "--launcher=tpu: the TPU VM slice's name.")
-    flags.DEFINE_string("tpu_zone", None, "--launcher=tpu: its zone.")
-    flags.DEFINE_bool("dry_run", False, "slurm/tpu: print the commands instead of running them.")
-    flags.mark_flags_as_required(["config", "root"])
-
-
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    app.run(main, FLAGS)

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmgen_jax import checkpoint, families, parallel, writers
+from mmgen_jax import checkpoint, families, parallel, report, writers
 from mmgen_jax.data import pipeline, prepare, tokenizer
 from mmgen_jax.evaluation import during_training
 from mmgen_jax.families import base
@@ -24,6 +24,7 @@ RESUMABLE_CHANGES = (
     "train.deterministic",
     "train.sample_every",
     "train.eval_every",
+    "train.write_report",
     "data.data_dir",
     "data.num_threads",
     "data.prefetch",
@@ -70,12 +71,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
     num_steps = config.train.num_steps
     if start >= num_steps:
-        log.info(
-            "%s already trained to step %d (num_steps=%d): nothing to do.",
-            workdir,
-            start,
-            num_steps,
-        )
+        if start == 0:
+            log.info(
+                "train.num_steps=0: nothing trained; %s holds config.json and manifest.json only.",
+                workdir,
+            )
+        else:
+            log.info(
+                "%s already trained to step %d (num_steps=%d): nothing to do.",
+                workdir,
+                start,
+                num_steps,
+            )
         ckpt.close()
         stream.close()
         return state
@@ -94,6 +101,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     if is_main and draws and config.train.sample_every:
         samples = _SampleGrid(config, family, data_dir, workdir)
     evaluation = during_training.create(config, family, data_dir, workdir)
+    # WORKDIR/report.html (curves, grids, config), rewritten off this thread.
+    page = report.BackgroundReport(
+        workdir, enabled=is_main and config.train.get("write_report", True)
+    )
     # One process polls its own SIGTERM flag; several agree on the step through Orbax's
     # preemption sync point, whose notifier owns SIGTERM (a Python handler would hide it).
     stop = checkpoint.StopRequest() if jax.process_count() == 1 else None
@@ -123,6 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                 ckpt.save(step, state, batches.state)
             if samples is not None and itstime(step, t.sample_every, last):
                 samples.write(step, state, writer)
+                page.request()
             if evaluation is not None and itstime(step, t.eval_every, last):
                 evaluation.run(step, state, batches.state, writer)
             if stopping:
@@ -138,6 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         progress.close()
         writer.close()
         stream.close()
+        page.request()  # the last rows and grid
+        page.close()
     return state
 
 
@@ -229,25 +243,20 @@ class _SampleGrid:
 
     def __init__(self, config, family, data_dir, workdir):
         t, d = config.train, config.data
-        # A user's folder may have fewer eval examples than the usual pool of 64.
+        # A user's folder may have fewer eval examples than rows.
         examples = pipeline.eval_batch(
             name=d.name,
             data_dir=data_dir,
             split=d.eval_split,
             image_size=d.image_size,
             max_text_len=d.max_text_len,
-            num=max(64, t.sample_rows),
+            num=t.sample_rows,
             builder_kwargs=pipeline.builder_kwargs(d),
             at_most=True,
             tokenizer_name=d.get("tokenizer", "bytes"),
         )
-        # Prefer captions the grid's font surely draws (ASCII), keep stored order.
-        order = sorted(
-            range(len(examples["caption"])), key=lambda i: not examples["caption"][i].isascii()
-        )[: t.sample_rows]
-        self.captions = [examples["caption"][i] for i in order]
-        self.real = examples["image"][order]
-        self.tokens = examples["text"][order]
+        self.captions = list(examples["caption"])
+        self.real, self.tokens = examples["image"], examples["text"]
         self.key = jax.random.PRNGKey(config.seed + 1)
         self.family = family
         self._decode = tokenizer.by_name(d.get("tokenizer", "bytes")).decode

@@ -7,31 +7,47 @@ import os
 import platform
 import subprocess
 import sys
-import textwrap
 import time
 from importlib import metadata
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from mmgen_jax import fonts
 
 log = logging.getLogger("mmgen_jax")
 
 
-def configure_logging():
-    """Our progress lines at INFO on stderr; libraries at WARNING and above (Orbax's INFO
-    lines narrate every file it writes)."""
+def configure_logging(verbose=False):
+    """Our progress lines at INFO on stderr; libraries (Orbax, absl, JAX, TFDS) at WARNING
+    and above, or INFO with `verbose` (Orbax's INFO lines narrate every file it writes).
+    Idempotent: commands run in-process by tests call it again."""
     from absl import logging as absl_logging
 
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    # TFDS suggests OpenCV for image decoding on every start; PIL serves these small images.
-    absl_logging.get_absl_logger().addFilter(
-        lambda record: "OpenCV is not installed" not in record.getMessage()
-    )
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    library_level = logging.INFO if verbose else logging.WARNING
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+    for name in ("jax", "orbax", "tensorflow_datasets", "grain"):
+        logging.getLogger(name).setLevel(library_level)
+    absl_logger = absl_logging.get_absl_logger()
+    if not any(isinstance(f, _KnownNoise) for f in absl_logger.filters):
+        absl_logger.addFilter(_KnownNoise())
+    if not any(getattr(h, "_mmgen_jax", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler._mmgen_jax = True
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
-    log.addHandler(handler)
     log.propagate = False
+
+
+class _KnownNoise(logging.Filter):
+    """Warnings that say nothing to act on: TFDS suggests OpenCV on every start (PIL serves
+    these images); Orbax notes that a checkpoint folder opened read-only is read-only."""
+
+    MESSAGES = ("OpenCV is not installed", "Given directory is read only")
+
+    def filter(self, record):
+        return not any(m in record.getMessage() for m in self.MESSAGES)
 
 
 class MetricWriter:
@@ -50,7 +66,7 @@ class MetricWriter:
 
         path = os.path.join(workdir, "metrics.jsonl")
         _drop_rows_after(path, after_step)
-        self._jsonl = open(path, "a", encoding="utf-8")
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run; close()
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def scalars(self, step, metrics):
@@ -147,16 +163,6 @@ def to_uint8(images):
     return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def _font(size):
-    # A CJK-capable font when the system has one, so Chinese captions stay readable.
-    for name in ("NotoSansCJK-Regular.ttc", "wqy-microhei.ttc", "DejaVuSans.ttf"):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
-            continue
-    return ImageFont.load_default(size)
-
-
 def caption_grid(captions, real, generated, scale=2, text_width=300):
     """One row per caption: the caption, its real image, then its generated images.
 
@@ -170,42 +176,61 @@ def caption_grid(captions, real, generated, scale=2, text_width=300):
     return image_table(captions, columns, scale=scale, text_width=text_width)
 
 
+# Grid text sizes in pixels: captions, notes under images, and the column headers, which
+# shrink down to HEADER_SIZES[-1] to fit their column.
+CAPTION_SIZE, NOTE_SIZE, HEADER_SIZES = 12, 10, (12, 11, 10, 9, 8)
+PAD = 4
+
+
 def image_table(captions, columns, scale=2, text_width=300, note_lines=0):
     """A grid with one row per caption: the caption on the left, then one image per column.
 
     columns: (title, images (N, H, W, 3) as floats in [-1, 1] or uint8, notes) triples;
     `notes` is None or N strings written under that column's images (e.g. generated
-    captions), wrapped to the image's width in at most `note_lines` lines.
+    captions), wrapped to the image's width in at most `note_lines` lines. Every text
+    stays inside its cell: captions and notes wrap (cut with an ellipsis when too long),
+    headers wrap and shrink to their column's width.
     """
     h = to_uint8(columns[0][1]).shape[1]
-    cell, pad, line = h * scale, 4, 12
-    font, small = _font(12), _font(10)
-    header = 16
-    row_height = cell + pad + (note_lines * line if any(c[2] is not None for c in columns) else 0)
+    cell = h * scale
+    headers = [_fit_header(title, cell) for title, _, _ in columns]
+    header = max(len(lines) * fonts.line_height(size) for size, lines in headers) + PAD
+    has_notes = note_lines and any(c[2] is not None for c in columns)
+    row_height = cell + PAD + (note_lines * fonts.line_height(NOTE_SIZE) if has_notes else 0)
     grid = Image.new(
         "RGB",
-        (text_width + len(columns) * (cell + pad) + pad, header + len(captions) * row_height + pad),
+        (text_width + len(columns) * (cell + PAD) + PAD, header + len(captions) * row_height + PAD),
         "white",
     )
     draw = ImageDraw.Draw(grid)
-    for c, (title, _, _) in enumerate(columns):
-        draw.text((text_width + c * (cell + pad) + pad, 2), title, fill="black", font=font)
+    for c, (size, lines) in enumerate(headers):
+        fonts.draw_lines(draw, (text_width + c * (cell + PAD) + PAD, 2), lines, size)
+    caption_lines = max(1, (row_height - PAD) // fonts.line_height(CAPTION_SIZE))
     for r, caption in enumerate(captions):
-        y = header + r * row_height + pad
-        lines = textwrap.wrap(caption, width=max(10, text_width // 7))[: cell // 14]
-        draw.multiline_text((pad, y), "\n".join(lines), fill="black", font=font, spacing=2)
+        y = header + r * row_height + PAD
+        lines = fonts.wrap(caption, CAPTION_SIZE, text_width - 2 * PAD, caption_lines)
+        fonts.draw_lines(draw, (PAD, y), lines, CAPTION_SIZE)
         for c, (_, images, notes) in enumerate(columns):
-            x = text_width + c * (cell + pad) + pad
+            x = text_width + c * (cell + PAD) + PAD
             tile = Image.fromarray(to_uint8(images)[r]).resize((cell, cell), Image.NEAREST)
             grid.paste(tile, (x, y))
             if notes is not None and note_lines:
-                # Generated text may hold any code point; the font layout needs printable ones.
-                note = "".join(ch if ch.isprintable() else "?" for ch in notes[r])
-                wrapped = textwrap.wrap(note, width=max(4, cell // 7))[:note_lines]
-                draw.multiline_text(
-                    (x, y + cell + 1), "\n".join(wrapped), fill="black", font=small, spacing=1
-                )
+                wrapped = fonts.wrap(notes[r], NOTE_SIZE, cell, note_lines)
+                fonts.draw_lines(draw, (x, y + cell + 1), wrapped, NOTE_SIZE)
     return grid
+
+
+def _fit_header(title, width):
+    """(size, lines) of a column header no wider than `width`: the largest size on one
+    line, else on two lines without breaking a word, else the smallest size broken
+    between characters."""
+    for max_lines in (1, 2):
+        for size in HEADER_SIZES:
+            lines = fonts.wrap(title, size, width, break_words=False)
+            if lines is not None and len(lines) <= max_lines:
+                return size, lines
+    size = HEADER_SIZES[-1]
+    return size, fonts.wrap(title, size, width, max_lines=3)
 
 
 def write_json(path, obj):

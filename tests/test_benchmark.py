@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from conftest import ROOT, load_config
-from mmgen_jax import benchmark, families, parallel
+
+from mmgen_jax import families, parallel
 
 
 def reference_step(config, state, batch):

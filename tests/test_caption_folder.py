@@ -7,13 +7,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import load_config
 from PIL import Image
 
-from conftest import load_config
 from mmgen_jax import train
 from mmgen_jax.data import caption_folder as cf
-from mmgen_jax.data import pipeline
-from mmgen_jax.data import prepare
+from mmgen_jax.data import pipeline, prepare
 
 NAME = "caption_folder"
 # Images: (file, PIL mode, (width, height)); mixed formats, modes and aspect ratios.

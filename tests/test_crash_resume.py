@@ -8,10 +8,10 @@ import subprocess
 
 import jax
 import numpy as np
-
 from conftest import ROOT
-from mmgen_jax import train
 from test_train import _main_command, _metrics
+
+from mmgen_jax import train
 
 _TMP = ".orbax-checkpoint-tmp"
 

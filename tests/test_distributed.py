@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, load_config
 
 from mmgen_jax import distributed
@@ -136,6 +135,8 @@ print(writers.manifest(config)["xla_flags"])
             4,
         ),
         ("1", 64, {"cores": 2}, 1),
+        ("auto", None, {"cores": 2}, None),  # sample/evaluate: no batch size, one device
+        ("3", None, {"cores": 2}, 3),  # ... unless asked
     ],
 )
 def test_cpu_device_count(requested, batch, kwargs, expected):

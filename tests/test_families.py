@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import load_config
+
 from mmgen_jax.families import base
 
 

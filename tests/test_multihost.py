@@ -9,11 +9,10 @@ import subprocess
 import time
 
 import numpy as np
-
 from conftest import ROOT
-from test_train import _main_command
+from test_train import _main_command, _metrics
+
 from mmgen_jax import train
-from test_train import _metrics
 
 
 def _free_port():

@@ -15,11 +15,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 from conftest import load_config
-from mmgen_jax.data import pipeline
-from mmgen_jax.data import prepare
-from mmgen_jax.data import tokenizer
+
+from mmgen_jax.data import pipeline, prepare, tokenizer
 
 VARIANTS = ("cifar10", "mnist", "coco_captions")
 NUM_EXAMPLES = 12

@@ -6,9 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from mmgen_jax import train
 
 CAPTIONS = [

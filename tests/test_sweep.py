@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from mmgen_jax import sweep
 
 

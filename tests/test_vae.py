@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, load_config
 
-from mmgen_jax import elbo, train
+from mmgen_jax import elbo
 from mmgen_jax.data import tokenizer
 from mmgen_jax.families.vae import VAE
 
@@ -272,29 +272,6 @@ def test_main_smoke_run_and_sampling_modes(tmp_path, data_dir, fusion):
         assert result.returncode == 0, result.stderr[-3000:]
         lines = (tmp_path / mode / "index.jsonl").read_text("utf-8").splitlines()
         assert len(lines) == 2 and (tmp_path / mode / "000001.png").exists()
-
-
-def _metrics(workdir):
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("wall_time", "steps_per_sec")} for r in rows]
-
-
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data_dir):
-    config = load_config("vae", "smoke")
-    config.data.data_dir = data_dir
-    config.train.checkpoint_every = 2
-    config.train.sample_every = 100
-    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-    config.train.num_steps = 4  # "interrupted" after step 4 ...
-    train.train_and_evaluate(config, str(tmp_path / "resumed"))
-    config.train.num_steps = 6  # ... and resumed from its checkpoint to the end
-    resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
-    assert _metrics(tmp_path / "resumed") == _metrics(tmp_path / "straight")
-    jax.tree.map(
-        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-        jax.device_get(straight),
-        jax.device_get(resumed),
-    )
 
 
 def test_word_dropout_blanks_decoder_inputs_but_never_the_start(family_and_variables):

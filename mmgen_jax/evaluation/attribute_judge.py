@@ -19,12 +19,20 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
+from mmgen_jax import app
 from mmgen_jax.data import digits_domain, domains
 
 ATTRIBUTES = ("label", "fg", "bg")  # what a `drawn_digits` domain's images show
+
+FLAGS = app.flag_values(devices=False)
+flags.DEFINE_string("samples_dir", None, "Folder with index.jsonl and the PNGs.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "dataset", digits_domain.NAME, "The dataset the images are drawn from.", flag_values=FLAGS
+)
+flags.mark_flag_as_required("samples_dir", flag_values=FLAGS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,9 +96,9 @@ def score(images, targets, domain):
 
 def main(argv):
     del argv
-    folder = flags.FLAGS.samples_dir
+    folder = FLAGS.samples_dir
     try:
-        domain = domain_of(flags.FLAGS.dataset)
+        domain = domain_of(FLAGS.dataset)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     with open(os.path.join(folder, "index.jsonl"), encoding="utf-8") as f:
@@ -110,7 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("samples_dir", None, "Folder with index.jsonl and the PNGs.")
-    flags.DEFINE_string("dataset", digits_domain.NAME, "The dataset the images are drawn from.")
-    flags.mark_flag_as_required("samples_dir")
-    app.run(main)
+    app.run(main, FLAGS)

@@ -13,10 +13,20 @@ not parse states nothing and counts as wrong.
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
+from mmgen_jax import app
 from mmgen_jax.data import digits_domain, domains
 from mmgen_jax.evaluation import captions as captions_lib
+
+FLAGS = app.flag_values(devices=False)
+flags.DEFINE_string(
+    "samples_dir", None, "Folder with index.jsonl from image2text.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "dataset", digits_domain.NAME, "The dataset the captions describe.", flag_values=FLAGS
+)
+flags.mark_flag_as_required("samples_dir", flag_values=FLAGS)
 
 
 def domain_of(dataset_name):
@@ -53,7 +63,7 @@ def score(captions, references, domain):
 
 def main(argv):
     del argv
-    path = os.path.join(flags.FLAGS.samples_dir, "index.jsonl")
+    path = os.path.join(FLAGS.samples_dir, "index.jsonl")
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     if not rows or any("reference" not in r for r in rows):
@@ -62,7 +72,7 @@ def main(argv):
             f"`python -m mmgen_jax.sample --mode=image2text` over the eval split"
         )
     try:
-        domain = domain_of(flags.FLAGS.dataset)
+        domain = domain_of(FLAGS.dataset)
         result = score([r["caption"] for r in rows], [r["reference"] for r in rows], domain)
     except ValueError as e:  # no parser for the dataset, or a reference of another dataset
         raise app.UsageError(str(e)) from e
@@ -70,7 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("samples_dir", None, "Folder with index.jsonl from image2text.")
-    flags.DEFINE_string("dataset", digits_domain.NAME, "The dataset the captions describe.")
-    flags.mark_flag_as_required("samples_dir")
-    app.run(main)
+    app.run(main, FLAGS)

@@ -84,7 +84,7 @@ class GeneratorMetrics:
                 f"eval.best_metric={s.best_metric!r} is not among the metrics measured here: "
                 f"{', '.join(names)}"
             )
-        if s.best_mode not in ("min", "max"):
+        if s.best_mode not in settings_lib.BEST_MODES:
             raise ValueError(f"eval.best_mode={s.best_mode!r}: use 'min' or 'max'")
         self.best = checkpoint.Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
         self.best_path = os.path.join(workdir, "best.json")

@@ -1,10 +1,14 @@
 """The `eval` section of a generative config: how runs are measured.
 
-Shared by the configs (`c.eval = settings.defaults()`) and by `mmgen_jax.evaluate`, which
-fills fields a run's saved config.json lacks (runs trained before a field existed) from here.
+The one home of its defaults: configs/common.py builds the configs' section from them, and
+`mmgen_jax.evaluate` fills the fields a run's saved config.json lacks (runs trained before a
+field existed) from here -- which is why they live in the package (configs/ is not
+installed with it) and not in configs/.
 """
 
 import ml_collections
+
+BEST_MODES = ("min", "max")  # eval.best_mode: which direction of eval.best_metric is better
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -24,7 +28,7 @@ def defaults() -> ml_collections.ConfigDict:
     e.batch_size = 256  # images per device call (rounded up to a multiple of the devices)
     e.seed = 0  # noise seed of the generated images (image i uses fold_in(key, i))
     e.best_metric = "fd_digits"  # metric that picks the best checkpoint (WORKDIR/best/)
-    e.best_mode = "min"  # "min" or "max": which direction of best_metric is better
+    e.best_mode = "min"  # one of BEST_MODES: which direction of best_metric is better
     return e
 
 

@@ -137,16 +137,22 @@ class Evaluator(base.Family):
         key = jax.random.fold_in(state.rng, state.step)
         images, untouched = self.augment(key, batch["image"], batch["index"])
         invariant = set(self.config.model.colour_invariant_heads)
-        weights = {n: None if n in invariant else untouched for n in self.heads}
+        weights = {n: jnp.ones_like(untouched) if n in invariant else untouched for n in self.heads}
+        # Each head's loss and accuracy is its weighted mean over the *global* batch (the
+        # pmean of the devices' shares below), so no number depends on how the batch is
+        # split: a per-device weighted mean would weigh devices, not images.
+        devices = jax.lax.psum(1, self.axis_name)
+        totals = {n: jax.lax.psum(jnp.sum(w), self.axis_name) for n, w in weights.items()}
+
+        def share(values, n):
+            return devices * jnp.sum(weights[n] * values) / jnp.maximum(totals[n], 1e-6)
 
         def loss_fn(params):
             _, logits = self.net.apply({"params": params}, images)
-            per_head = {
-                n: losses.classification_loss(logits[n], batch[n], weights[n]) for n in self.heads
-            }
+            per_head = {n: share(losses.cross_entropy(logits[n], batch[n]), n) for n in self.heads}
             # Train accuracy of each head on the images it learns from.
             accuracy = {
-                f"acc_{n}": _weighted_mean(jnp.argmax(logits[n], -1) == batch[n], weights[n])
+                f"acc_{n}": share((jnp.argmax(logits[n], -1) == batch[n]).astype(jnp.float32), n)
                 for n in self.heads
             }
             return sum(per_head.values()), accuracy
@@ -178,10 +184,3 @@ def gaussian_blur(image, sigma, radius=2):
     p = jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
     p = sum(w[k] * p[k : k + h] for k in range(2 * radius + 1))
     return sum(w[k] * p[:, k : k + wd] for k in range(2 * radius + 1))
-
-
-def _weighted_mean(values, weights):
-    values = values.astype(jnp.float32)
-    if weights is None:
-        return jnp.mean(values)
-    return jnp.sum(weights * values) / jnp.maximum(jnp.sum(weights), 1e-6)

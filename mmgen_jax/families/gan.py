@@ -21,6 +21,8 @@ from mmgen_jax.models import dcgan, minilm
 from mmgen_jax.models import text as text_lib
 from mmgen_jax.models.conditional import PrecomputedText, TextConditioned
 
+PRECOMPUTED_TEXT = "none"  # model.text_encoder: the batch carries caption embeddings
+
 
 @flax.struct.dataclass
 class NetState:
@@ -49,9 +51,9 @@ class GAN(base.Family):
     def __init__(self, config, axis_name="data"):
         super().__init__(config, axis_name)
         t = config.train
-        if t.update_order not in ("alternating", "simultaneous"):
+        if t.update_order not in losses.UPDATE_ORDERS:
             raise ValueError(
-                f"config.train.update_order={t.update_order!r}: use 'alternating' or 'simultaneous'"
+                f"config.train.update_order={t.update_order!r}: use one of {losses.UPDATE_ORDERS}"
             )
         # BatchNorm averages its statistics over `axis_name` inside the mapped step; the
         # `_local` twins (same parameters) run outside it: at init and when sampling.
@@ -71,7 +73,7 @@ class GAN(base.Family):
     # ---- networks ----------------------------------------------------------------
     def _text_encoder(self):
         m = self.config.model
-        if m.text_encoder == "none":
+        if m.text_encoder == PRECOMPUTED_TEXT:
             return PrecomputedText()
         if m.text_encoder == "minilm":
             return minilm.CaptionEncoder(
@@ -150,15 +152,15 @@ class GAN(base.Family):
 
     def text_spec(self):
         """(shape without the batch axis, dtype) of `batch["text"]`: token ids, or caption
-        embeddings when `model.text_encoder == "none"`."""
+        embeddings when `model.text_encoder == PRECOMPUTED_TEXT`."""
         m = self.config.model
-        if m.text_encoder == "none":
+        if m.text_encoder == PRECOMPUTED_TEXT:
             return (m.text_dim,), jnp.float32
         return (self.config.data.max_text_len,), jnp.int32
 
     def device_batch(self, batch):
         """The host batch fields the step reads, in device dtypes (no int64 on device)."""
-        if self.config.model.text_encoder == "none" and np.issubdtype(
+        if self.config.model.text_encoder == PRECOMPUTED_TEXT and np.issubdtype(
             np.asarray(batch["text"]).dtype, np.integer
         ):
             raise ValueError(

@@ -51,9 +51,10 @@ class VAE(base.Family):
         m, d, t = config.model, config.data, config.train
         if m.fusion not in FUSIONS:
             raise ValueError(f"config.model.fusion={m.fusion!r}: use one of {FUSIONS}")
-        if t.image_likelihood not in ("gaussian", "laplace"):
+        if t.image_likelihood not in elbo.IMAGE_LIKELIHOODS:
             raise ValueError(
-                f"config.train.image_likelihood={t.image_likelihood!r}: use 'gaussian' or 'laplace'"
+                f"config.train.image_likelihood={t.image_likelihood!r}: use one of "
+                f"{elbo.IMAGE_LIKELIHOODS}"
             )
         pretrained_text.check(config)
         # WordPiece captions (data.tokenizer="minilm") end with [SEP], from a 30,522-id vocabulary.
@@ -117,6 +118,12 @@ class VAE(base.Family):
         if self.config.model.fusion == "poe":
             return elbo.product_of_experts(q[0][None], q[1][None])
         return q
+
+    def _accuracy(self, correct, count):
+        """Token accuracy over the global batch (a ratio of sums: not a mean of the devices'
+        ratios, which would depend on how the batch is split)."""
+        correct, count = (jax.lax.psum(jnp.sum(x), self.axis_name) for x in (correct, count))
+        return correct / jnp.maximum(count, 1.0)
 
     def _sample(self, key, index, mean, logvar):
         """z per example, from fold_in(key, index): independent of device count and batch."""
@@ -218,7 +225,7 @@ class VAE(base.Family):
             "kl_image": jnp.mean(kl_x),
             "kl_text": jnp.mean(kl_t),
             "image_mse": mse,
-            "text_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(count), 1.0),
+            "text_accuracy": self._accuracy(correct, count),
         }
         return -jnp.mean(total), metrics, [z_joint, z_image, z_text]
 
@@ -254,9 +261,8 @@ class VAE(base.Family):
             "kl": jnp.mean(sum(kl) / 2),
             "image_mse": sum(mse) / 2,
             # Per-token accuracy of captions decoded from the image's z and the caption's z.
-            "text_accuracy_from_image": jnp.sum(correct[0]) / jnp.maximum(jnp.sum(count[0]), 1.0),
-            "text_accuracy": sum(map(jnp.sum, correct))
-            / jnp.maximum(sum(map(jnp.sum, count)), 1.0),
+            "text_accuracy_from_image": self._accuracy(correct[0], count[0]),
+            "text_accuracy": self._accuracy(jnp.stack(correct), jnp.stack(count)),
         }
         return -jnp.mean(total), metrics, z
 
