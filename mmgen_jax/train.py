@@ -6,6 +6,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -31,6 +32,8 @@ RESUMABLE_CHANGES = (
 )
 
 log = logging.getLogger("mmgen_jax")
+
+FINITE = "state_is_finite"  # the loop's own metric (see with_finite_flag), never logged
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -88,7 +91,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         return state
 
     k = _steps_per_dispatch(config, start)
-    train_step = parallel.data_parallel(family.train_step, mesh, steps_per_dispatch=k)
+    train_step = parallel.data_parallel(
+        with_finite_flag(family.train_step), mesh, steps_per_dispatch=k
+    )
     batches = parallel.Prefetcher(
         stream if k == 1 else parallel.Grouped(stream, k),
         lambda b: parallel.global_batch(family.device_batch(b), mesh, stacked=k > 1),
@@ -126,11 +131,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             stopping = _should_stop(stop, ckpt, step)
             last = step == num_steps or stopping
             if last or itstime(step, t.log_every):
-                averaged = _mean_metrics(pending, step, family.nan_hint)
+                averaged = _mean_metrics(pending, step, family.nan_hint, workdir)
                 pending = []
                 rate = progress.log(step, averaged)
                 writer.scalars(step, {**averaged, "steps_per_sec": rate})
             if last or itstime(step, t.checkpoint_every):
+                _check_finite(metrics, step, ckpt, family.nan_hint)
                 ckpt.save(step, state, batches.state)
             if samples is not None and itstime(step, t.sample_every, last):
                 samples.write(step, state, writer)
@@ -223,7 +229,34 @@ def _should_stop(stop, ckpt, step):
     return bool(stop)
 
 
-def _mean_metrics(pending, step, nan_hint):
+def with_finite_flag(train_step):
+    """`train_step` whose metrics also hold FINITE: 1.0 when the new state has no NaN or Inf.
+    The loop reads it before every save, so a diverged state is never checkpointed (nor
+    rotates the good checkpoints out)."""
+
+    def step(state, batch):
+        state, metrics = train_step(state, batch)
+        leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+        return state, {**metrics, FINITE: finite.astype(jnp.float32)}
+
+    return step
+
+
+def _check_finite(metrics, step, ckpt, nan_hint):
+    if np.all(jax.device_get(metrics[FINITE])):
+        return
+    good = ckpt.latest_step()
+    kept = f"step {good}, the last finite state, is kept" if good else "no checkpoint was saved"
+    raise FloatingPointError(
+        f"the training state became non-finite by step {step} and was not saved ({kept}). "
+        f"The run diverged: {nan_hint} and start a new workdir, or continue from the kept "
+        f"checkpoint in a new workdir with --config.init_from={os.path.dirname(ckpt.directory)}."
+    )
+
+
+def _mean_metrics(pending, step, nan_hint, workdir):
+    pending = [{k: v for k, v in m.items() if k != FINITE} for m in pending]
     host = jax.device_get(pending)
     # A metric is a scalar per dispatch, or one value per step with steps_per_dispatch > 1.
     averaged = {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in host[0]}
@@ -232,7 +265,7 @@ def _mean_metrics(pending, step, nan_hint):
         raise FloatingPointError(
             f"{', '.join(bad)} became non-finite by step {step}. The run diverged: "
             f"{nan_hint} and start a new workdir, or continue from this run's last "
-            f"checkpoint in a new workdir with --config.init_from=THIS_WORKDIR."
+            f"checkpoint in a new workdir with --config.init_from={workdir}."
         )
     return averaged
 
