@@ -291,11 +291,12 @@ def manifest(config):
     }
 
 
-def record_start(workdir, config, start_step):
+def record_start(workdir, config, start_step, changed=()):
     """Adds this invocation to `workdir`/manifest.json and returns the new manifest.
 
     "starts" lists every invocation: `manifest(config)` plus the step it started from,
-    num_steps and when. The top-level fields are those of the last start that trained
+    num_steps, when, and the config fields it `changed` from config.json (those allowed to
+    change on resumption). The top-level fields are those of the last start that trained
     (start_step < num_steps): what the run's latest steps came from. A rerun that has
     nothing to do only adds to the list."""
     path = os.path.join(workdir, "manifest.json")
@@ -307,6 +308,7 @@ def record_start(workdir, config, start_step):
         "start_step": int(start_step),
         "num_steps": num_steps,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "changed": sorted(changed),
     }
     if start_step < num_steps:
         top = record

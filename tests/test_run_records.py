@@ -5,6 +5,7 @@ changed config is refused with or without a checkpoint, and manifest.json keeps 
 import json
 import shutil
 
+import jax
 import pytest
 from conftest import load_config
 
@@ -66,7 +67,7 @@ def test_manifest_keeps_every_start_and_the_last_training_one_on_top(tmp_path, m
     workdir = str(tmp_path)
     assert writers.last_training_start(workdir) is None
     writers.record_start(workdir, config, start_step=0)
-    writers.record_start(workdir, config, start_step=3)  # resumed: trains 3..6
+    writers.record_start(workdir, config, start_step=3, changed=["train.lr_g"])  # resumed
     real = writers.manifest
     monkeypatch.setattr(writers, "manifest", lambda c: {**real(c), "device_count": 2})
     manifest = writers.record_start(workdir, config, start_step=6)  # nothing left to do
@@ -75,6 +76,7 @@ def test_manifest_keeps_every_start_and_the_last_training_one_on_top(tmp_path, m
     starts = manifest["starts"]
     assert [s["start_step"] for s in starts] == [0, 3, 6]
     assert [s["device_count"] for s in starts] == [4, 4, 2]
+    assert [s["changed"] for s in starts] == [[], ["train.lr_g"], []]
     last = writers.last_training_start(workdir)
     assert last["start_step"] == 3 and last["device_count"] == 4 and "starts" not in last
     assert manifest["device_count"] == 4 and manifest["git"] == starts[1]["git"]
@@ -88,3 +90,22 @@ def test_a_manifest_from_before_starts_becomes_the_first_start(tmp_path):
     manifest = writers.record_start(str(tmp_path), config, start_step=config.train.num_steps)
     assert manifest["starts"][0] == old and manifest["device_count"] == 8
     assert len(manifest["starts"]) == 2
+
+
+@pytest.mark.parametrize("family", ["gan", "vae"])
+def test_optimiser_settings_do_not_change_the_checkpointed_state(family):
+    # Resuming with other learning rates or betas restores the same tree: they are optax
+    # closure constants, not state. Only the config check has to allow them.
+    from mmgen_jax import families
+
+    def shapes(config):
+        fam = families.get(config.model.family)(config, axis_name="data")
+        return jax.eval_shape(fam.init, jax.random.PRNGKey(0))
+
+    config = load_config(family, "smoke")
+    before = shapes(config)
+    for field in ("lr_g", "lr_d", "lr", "b1", "b2"):
+        if field in config.train:
+            config.train[field] = config.train[field] * 0.5
+    assert jax.tree.structure(shapes(config)) == jax.tree.structure(before)
+    assert jax.tree.leaves(shapes(config)) == jax.tree.leaves(before)
