@@ -78,6 +78,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.read_only = read_only
         self._unsealed = []  # steps this process saved whose checksums are not written yet
+        self._intact = set()  # steps verified here (and steps saved here, once sealed)
         self._finite = jax.jit(all_finite)
         self.manager = self._make_manager(max_to_keep)
 
@@ -137,7 +138,7 @@ class Checkpointer:
         `abstract(jax.eval_shape(init), sharding)`. An explicit `step` that is damaged raises
         `DamagedCheckpoint` naming the intact steps.
         """
-        step = self._intact_step() if step is None else self._checked(step)
+        step = self.intact_step() if step is None else self._checked(step)
         if step is None:
             raise FileNotFoundError(
                 f"no checkpoint in {self.directory}: train first with "
@@ -153,8 +154,13 @@ class Checkpointer:
 
     def verify(self, step):
         """None if `step`'s files match its checksums (or it has none: written before
-        checksums existed), else what differs, in words."""
-        return verify_step(os.path.join(self.directory, str(step)))
+        checksums existed), else what differs, in words. An intact step is read once."""
+        if step in self._intact:
+            return None
+        problem = verify_step(os.path.join(self.directory, str(step)))
+        if problem is None:
+            self._intact.add(step)
+        return problem
 
     def _checked(self, step):
         problem = self.verify(step) if step in self.all_steps() else None
@@ -170,9 +176,10 @@ class Checkpointer:
             f"checkpoint {step} in {self.directory} is damaged ({problem}); {fix}"
         )
 
-    def _intact_step(self):
-        """The latest step whose files match their checksums; damaged later ones are
-        reported (and moved aside when writing, so that their steps can be saved again)."""
+    def intact_step(self):
+        """The latest step whose files match their checksums (None if there is no step);
+        damaged later ones are reported in one warning and, unless read-only, moved aside
+        so that their steps can be saved again. The step to resume from."""
         damaged = []
         for step in reversed(self.all_steps()):
             problem = self.verify(step)
@@ -238,6 +245,7 @@ class Checkpointer:
                 path = os.path.join(self.directory, str(step))
                 if os.path.isdir(path):  # rotation may already have removed it
                     seal_step(path)
+                    self._intact.add(step)
         self._unsealed = []
 
     def close(self):
