@@ -24,6 +24,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("mmgen_jax")
@@ -110,12 +111,13 @@ class Checkpointer:
         """Starts an asynchronous save; returns once the arrays are copied off device.
 
         `finite`: whether every float in `state` is finite (e.g. `all_finite(state)` computed
-        inside the train step); None computes it here, one reduction on the devices. A
+        inside the train step; an array of flags must all be true); None computes it here,
+        one reduction on the devices. A
         non-finite state raises `NonFiniteState` and nothing is saved or rotated out.
         """
         if finite is None:
             finite = self._finite(state)
-        if not bool(jax.device_get(finite)):
+        if not np.all(jax.device_get(finite)):  # one flag, or one per step of a dispatch
             self.wait()
             raise NonFiniteState(int(step), self.latest_step(), self.directory)
         # Orbax waits for the previous save before starting one: the wait here is the same

@@ -46,13 +46,13 @@ def test_all_finite_inside_jit():
         assert not bool(jax.jit(checkpoint.all_finite)(tree))
 
 
-@pytest.mark.parametrize("flag", [None, False])  # computed by save, or given by the loop
+@pytest.mark.parametrize("flag", [None, False, [True, False]])  # computed here, or by the loop
 def test_a_non_finite_state_is_never_saved_and_good_ones_stay(tmp_path, flag):
     ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=1)
     ckpt.save(1, _state(1.0), {"position": 1})
     bad = _state(float("nan")) if flag is None else _state(2.0)
     with pytest.raises(checkpoint.NonFiniteState, match="step 2 holds NaN.*step 1, is finite"):
-        ckpt.save(2, bad, {"position": 2}, finite=flag)
+        ckpt.save(2, bad, {"position": 2}, finite=None if flag is None else jnp.array(flag))
     ckpt.close()
     reader = checkpoint.Checkpointer(str(tmp_path), read_only=True)
     assert reader.all_steps() == [1]
