@@ -38,10 +38,13 @@ import logging
 import os
 import pathlib
 import re
+import typing
 
 import tensorflow_datasets as tfds
 
 from mmgen_jax.data import prepare
+
+log = logging.getLogger(__name__)
 
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
 TEST_FRACTION_PERCENT = 10  # share of images in `test` when rows give no split
@@ -204,8 +207,7 @@ def _has_surrogates(value):
 
 def _open_rgb(path: pathlib.Path, size: int):
     """The image as RGB, resized aspect-preserving and centre-cropped to (size, size)."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
         img.load()  # decodes fully: truncated files fail here, not later
@@ -236,7 +238,7 @@ def check_rows(root: pathlib.Path, size: int) -> tuple[list[Row], list[str]]:
                 try:
                     _open_rgb(target, size)
                     image_ok[row.image] = ""
-                except Exception as e:  # PIL raises many types for bad files
+                except Exception as e:  # noqa: BLE001 (PIL raises many types for bad files)
                     image_ok[row.image] = f"cannot be read ({type(e).__name__}: {e})"
         if image_ok[row.image]:
             problems.append(f"{row.where}: image {row.image!r} {image_ok[row.image]}")
@@ -279,7 +281,7 @@ class CaptionFolder(tfds.core.GeneratorBasedBuilder):
     """Images and captions from a user's folder (see module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    RELEASE_NOTES: typing.ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
@@ -310,10 +312,10 @@ class CaptionFolder(tfds.core.GeneratorBasedBuilder):
                 "(prepare.py: --skip_bad)."
             )
         for p in problems:
-            logging.warning("caption_folder: skipped %s", p)
+            log.warning("caption_folder: skipped %s", p)
         note = f"\n\nPrepared from {root}: {len(rows)} examples, {len(problems)} bad rows skipped."
         if problems:
-            logging.warning("caption_folder: skipped %d bad row(s) in %s", len(problems), root)
+            log.warning("caption_folder: skipped %d bad row(s) in %s", len(problems), root)
             note += "\n" + "\n".join(problems[:MAX_LISTED_PROBLEMS])
         # The description is written to dataset_info.json, so readers see what was skipped.
         self.info.as_proto.description += note
