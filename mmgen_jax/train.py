@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmgen_jax import checkpoint, families, parallel, report, writers
+from mmgen_jax import checkpoint, families, parallel, report, run_config, workdir_lock, writers
 from mmgen_jax.data import pipeline, prepare, tokenizer
 from mmgen_jax.evaluation import during_training
 from mmgen_jax.families import base
@@ -45,10 +45,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    # Before anything in the workdir is read or written: a second run refuses here.
+    with workdir_lock.WorkdirLock(workdir, enabled=is_main):
+        return _train(config, workdir, is_main)
+
+
+def _train(config, workdir, is_main):
+    # Checked whenever config.json exists, checkpoint or not ("eval.": how a run is
+    # measured, not what it learns).
+    run_config.check_matches_saved(workdir, config, may_change=(*RESUMABLE_CHANGES, "eval."))
     ckpt = checkpoint.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.train.max_to_keep
     )
-    _write_run_files(config, workdir, is_main, resuming=ckpt.latest_step() is not None)
 
     mesh = parallel.make_mesh()
     family = families.get(config.model.family)(config, axis_name=parallel.AXIS)
@@ -71,6 +79,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
     rng = jax.random.PRNGKey(config.seed)
     state, start = _restore_or_init(family, ckpt, stream, rng, mesh, config.get("init_from"))
+    _write_run_files(config, workdir, is_main, start)
 
     num_steps = config.train.num_steps
     if start >= num_steps:
@@ -137,7 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                 writer.scalars(step, {**averaged, "steps_per_sec": rate})
             if last or itstime(step, t.checkpoint_every):
                 _check_finite(metrics, step, ckpt, family.nan_hint)
-                ckpt.save(step, state, batches.state)
+                # The flag just checked: save skips its own reduction over the state.
+                ckpt.save(step, state, batches.state, finite=metrics[FINITE])
             if samples is not None and itstime(step, t.sample_every, last):
                 samples.write(step, state, writer)
                 page.request()
@@ -171,7 +181,7 @@ def _restore_or_init(family, ckpt, stream, rng, mesh, init_from=None):
     """Resumes from the workdir's latest checkpoint, else starts from the parameters of the
     run `init_from` (a workdir), else initialises. -> (state, step)."""
     replicated = parallel.replicated(mesh)
-    latest = ckpt.latest_step()
+    latest = ckpt.intact_step()  # a damaged latest step is reported and set aside
     if latest is None:
         state = jax.jit(family.init, out_shardings=replicated)(rng)
         if init_from:
@@ -236,8 +246,7 @@ def with_finite_flag(train_step):
 
     def step(state, batch):
         state, metrics = train_step(state, batch)
-        leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+        finite = checkpoint.all_finite(state)
         return state, {**metrics, FINITE: finite.astype(jnp.float32)}
 
     return step
@@ -315,52 +324,21 @@ class _SampleGrid:
         return None if tokens is None else [self._decode(t) for t in np.asarray(tokens)]
 
 
-def _write_run_files(config, workdir, is_main, resuming):
-    """config.json (the run's identity) and manifest.json; refuses to resume a checkpoint
-    with a config that makes it a different experiment."""
-    path = os.path.join(workdir, "config.json")
-    if resuming and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = _flatten(json.load(f))
-        current = _flatten(json.loads(config.to_json()))
-        changed = sorted(
-            k
-            for k in set(saved) | set(current)
-            if saved.get(k) != current.get(k)
-            and k not in RESUMABLE_CHANGES
-            and not k.startswith("eval.")  # how a run is measured, not what it learns
+def _write_run_files(config, workdir, is_main, start):
+    """config.json (the run's identity) and this start in manifest.json; warns when a
+    resumed run continues on another device count than its last training start."""
+    before = (writers.last_training_start(workdir) or {}).get("device_count")
+    if start > 0 and before not in (None, jax.device_count()):
+        # Same experiment, but sums are split differently: not bit-identical any more.
+        log.warning(
+            "This run was last trained on %d devices and resumes on %d: from here on its "
+            "numbers differ in floating-point rounding from a run that stayed on %d "
+            "(for bit-identical results, resume with --cpu_devices=%d or the same devices).",
+            before,
+            jax.device_count(),
+            before,
+            before,
         )
-        if changed:
-            raise ValueError(
-                f"{workdir} holds a run with a different config ({', '.join(changed)} "
-                f"differ from {path}). A workdir is one experiment: use a new --workdir, "
-                f"or rerun with the saved config to resume it."
-            )
-    manifest_path = os.path.join(workdir, "manifest.json")
-    if resuming and os.path.exists(manifest_path):
-        with open(manifest_path, encoding="utf-8") as f:
-            before = json.load(f).get("device_count")
-        if before not in (None, jax.device_count()):
-            # Same experiment, but sums are split differently: not bit-identical any more.
-            log.warning(
-                "This run was last trained on %d devices and resumes on %d: from here on its "
-                "numbers differ in floating-point rounding from a run that stayed on %d "
-                "(for bit-identical results, resume with --cpu_devices=%d or the same devices).",
-                before,
-                jax.device_count(),
-                before,
-                before,
-            )
     if is_main:
-        writers.write_json(path, json.loads(config.to_json()))
-        writers.write_json(manifest_path, writers.manifest(config))
-
-
-def _flatten(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+        writers.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+        writers.record_start(workdir, config, start)
