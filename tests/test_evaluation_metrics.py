@@ -8,7 +8,7 @@ import scipy.linalg
 
 from mmgen_jax import parallel
 from mmgen_jax.data.digits_captions import TEMPLATES, caption
-from mmgen_jax.evaluation import captions, extractors, metrics, settings
+from mmgen_jax.evaluation import captions, extractors, feature_cache, metrics, settings
 
 
 def _gaussian(rng, n, dim, scale):
@@ -153,28 +153,37 @@ def test_extractor_registry_and_clear_failures(tmp_path):
     s.evaluator_workdir = str(tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="configs/evaluator.py --workdir="):
         extractors.get("evaluator", s)
-    with pytest.raises(ValueError, match="set eval.extractor_file"):
-        extractors.get("inception_v3", s)
-    s.extractor_file = str(tmp_path / "missing.bin")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        extractors.get("inception_v3", s)
-    (tmp_path / "junk.bin").write_bytes(b"not an export")
-    s.extractor_file = str(tmp_path / "junk.bin")
-    with pytest.raises(ValueError, match="is not a jax.export serialisation"):
-        extractors.get("inception_v3", s)
+    # inception_v3's own failures (no converted weights, ...): tests/test_inception.py
 
 
-def test_exported_feature_function_is_loaded_and_applied(tmp_path):
-    # Any jax.export file of the documented signature loads (here a stand-in, not Inception).
-    projection = np.random.default_rng(6).normal(size=(3, 5)).astype(np.float32)
-    features = lambda images: jnp.mean(images, (1, 2)) @ projection
-    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, 16, 16, 3"), jnp.float32)
-    (tmp_path / "f.bin").write_bytes(jax.export.export(jax.jit(features))(spec).serialize())
-    s = settings.defaults()
-    s.extractor_file, s.batch_size = str(tmp_path / "f.bin"), 4
-    extractor = extractors.get("inception_v3", s)
-    images = np.random.default_rng(7).uniform(-1, 1, size=(6, 32, 32, 3)).astype(np.float32)
-    got, predicted = extractor(images)
-    resized = jax.image.resize(images, (6, 16, 16, 3), "bilinear")
-    np.testing.assert_allclose(got, features(resized), rtol=1e-5, atol=1e-6)
-    assert predicted == {} and extractor.tag == "inception"
+class _CountingExtractor:
+    """A stand-in feature network that counts the images it reads."""
+
+    def __init__(self, key="stand-in"):
+        self.key, self.read = key, 0
+
+    def cache_key(self):
+        return self.key
+
+    def __call__(self, images):
+        self.read += len(images)
+        return np.asarray(images, np.float32).reshape(len(images), -1)[:, :4] * 2, {}
+
+
+def test_feature_cache_computes_a_split_once_and_stores_its_statistics(tmp_path):
+    images = np.random.default_rng(9).uniform(-1, 1, (6, 2, 2, 3))
+    extractor = _CountingExtractor()
+    path = feature_cache.path_for(extractor, "data/set:1", "test", 6, 32, str(tmp_path))
+    assert path == str(tmp_path / "stand-in_data-set-1_test_6_32.npz")
+    first = feature_cache.features(extractor, images, path)
+    again = feature_cache.features(extractor, images, path)
+    assert extractor.read == 6  # the second call read the file
+    np.testing.assert_array_equal(first, again)
+    mu, sigma = feature_cache.load_statistics(path)
+    np.testing.assert_allclose(mu, first.astype(np.float64).mean(0))
+    np.testing.assert_allclose(sigma, np.cov(first, rowvar=False))
+    # Not cacheable (the domain evaluator): computed every time.
+    assert feature_cache.path_for(_CountingExtractor(None), "d", "test", 6, 32) is None
+    np.savez(tmp_path / "other.npz", features=first)
+    with pytest.raises(ValueError, match="not FID statistics"):
+        feature_cache.load_statistics(str(tmp_path / "other.npz"))

@@ -41,12 +41,15 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2):
     return float(max(fd, 0.0))  # identical sets give 0 up to rounding, never below
 
 
+def statistics(x):
+    """(mean, covariance) of a feature set x (N, D) in float64: the Gaussian FID fits."""
+    x = _features(x, "features", 2)
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
 def frechet_distance(x, y):
     """Fréchet distance between Gaussians fitted to feature sets x (N, D) and y (M, D)."""
-    x, y = _features(x, "x", 2), _features(y, "y", 2)
-    return frechet_distance_from_stats(
-        x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
-    )
+    return frechet_distance_from_stats(*statistics(x), *statistics(y))
 
 
 def _polynomial_kernel(a, b):
