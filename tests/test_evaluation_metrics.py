@@ -187,3 +187,49 @@ def test_feature_cache_computes_a_split_once_and_stores_its_statistics(tmp_path)
     np.savez(tmp_path / "other.npz", features=first)
     with pytest.raises(ValueError, match="not FID statistics"):
         feature_cache.load_statistics(str(tmp_path / "other.npz"))
+
+
+def _unblocked_precision_recall(real, fake, k):
+    """The textbook form, with the whole distance matrices (fine at this size)."""
+    d = lambda a, b: np.sqrt(np.clip(((a[:, None] - b[None]) ** 2).sum(-1), 0, None))
+    real_radii, fake_radii = np.sort(d(real, real), 1)[:, k], np.sort(d(fake, fake), 1)[:, k]
+    cross = d(fake, real)
+    precision = (cross <= real_radii[None, :]).any(1).mean()
+    recall = (cross <= fake_radii[:, None]).any(0).mean()
+    return precision, recall
+
+
+def _unblocked_mmd2(x, y):
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1.0) ** 3
+    m = len(x)
+    k_xx, k_yy = k(x, x), k(y, y)
+    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return within - 2 * k(x, y).mean()
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, None])
+def test_blocked_kid_and_precision_recall_equal_the_unblocked_formulas(block_rows):
+    rng = np.random.default_rng(12)
+    real, fake = rng.normal(size=(40, 6)), rng.normal(0.3, 1.2, size=(40, 6))
+    want = _unblocked_precision_recall(real, fake, 3)
+    assert metrics.precision_recall(real, fake, 3, block_rows) == pytest.approx(want, abs=0)
+    got = metrics.mmd2_unbiased(real, fake, block_rows)
+    assert got == pytest.approx(_unblocked_mmd2(real, fake), rel=1e-9, abs=1e-12)
+
+
+def test_kid_and_precision_recall_never_hold_a_full_matrix(monkeypatch):
+    import tracemalloc
+
+    # 2,000 x 2,000 float64 matrices are 32 MB; blocks of 2^17 entries are 1 MB.
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 2**17)
+    rng = np.random.default_rng(13)
+    real, fake = rng.normal(size=(2000, 8)), rng.normal(0.1, 1.0, size=(2000, 8))
+    tracemalloc.start()
+    try:
+        precision, recall = metrics.precision_recall(real, fake, 3)
+        kid, _ = metrics.kernel_inception_distance(real, fake, num_subsets=1, subset_size=2000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2000 * 2000 * 8 / 4  # a quarter of one full matrix (measured: 3.2 MB)
+    assert 0.5 < precision <= 1 and 0.5 < recall <= 1 and kid > 0
