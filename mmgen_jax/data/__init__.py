@@ -3,6 +3,7 @@
   tokenizer        UTF-8 byte tokenizer (no vocabulary file)
   digits_captions  embedded TFDS builder: coloured digits with captions
   caption_folder   TFDS builder over a user's folder of images + captions.jsonl/.csv
+  fashion_mnist_captions  embedded TFDS builder: Fashion-MNIST from the Debian package's files
   prepare          prepare-on-first-use (in a subprocess) and the prepare CLI
   pipeline         Grain input pipeline: TrainStream, eval_batch
 
