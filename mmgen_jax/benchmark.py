@@ -38,24 +38,6 @@ FLAGS = flags.FLAGS
 POOL = 4  # distinct synthetic batches cycled through, as the peer benchmark does
 
 
-def synthetic_batch(family, batch_size, seed):
-    """A host batch of the configured shapes: images in [-1, 1], caption input, indices,
-    labels."""
-    rng = np.random.default_rng(seed)
-    size = family.config.data.image_size
-    shape, dtype = family.text_spec()
-    if np.issubdtype(dtype, np.integer):
-        text = rng.integers(3, 259, (batch_size, *shape)).astype(dtype)
-    else:
-        text = rng.standard_normal((batch_size, *shape)).astype(dtype)
-    return {
-        "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
-        "text": text,
-        "index": np.arange(seed * batch_size, (seed + 1) * batch_size, dtype=np.int64),
-        "label": rng.integers(0, family.config.model.num_classes, batch_size).astype(np.int32),
-    }
-
-
 def time_windows(run, steps, repeats):
     """Seconds per call of `run` (which must block) in each of `repeats` windows."""
     out = []
@@ -126,7 +108,7 @@ def main(argv):
     mesh = parallel.make_mesh()
     batch_size = config.train.batch_size
     k = config.train.steps_per_dispatch  # steps per call; every number below is per step
-    batches = [synthetic_batch(family, batch_size, i) for i in range(POOL * k)]
+    batches = [family.example_batch(batch_size, i) for i in range(POOL * k)]
     if k > 1:
         batches = list(parallel.Grouped(iter(batches), k))
     batches = [parallel.global_batch(family.device_batch(b), mesh, stacked=k > 1) for b in batches]
@@ -141,7 +123,7 @@ def main(argv):
     if k > 1:  # XLA's cost analysis counts a loop body once: count one plain step
         single = parallel.data_parallel(family.train_step, mesh)
         one_batch = parallel.global_batch(
-            family.device_batch(synthetic_batch(family, batch_size, 0)), mesh
+            family.device_batch(family.example_batch(batch_size, 0)), mesh
         )
         flops = step_flops(single.lower(state, one_batch).compile())
     else:

@@ -69,3 +69,10 @@ def classification_loss(logits, labels, weights=None):
     if weights is None:
         return jnp.mean(nll)
     return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1e-6)
+
+
+def mode_seeking_loss(fake, twin, z, z2, weight):
+    """Mode seeking (Mao et al., 2019): the images of one caption under two noises should be
+    as far apart as the noises are. -> (weight / (that ratio + eps), the ratio)."""
+    ratio = jnp.mean(jnp.abs(fake - twin)) / jnp.mean(jnp.abs(z - z2))
+    return weight / (ratio + 1e-5), ratio

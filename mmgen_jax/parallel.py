@@ -167,7 +167,7 @@ class BatchedMap:
         n = len(arrays[0])
         if any(len(a) != n for a in arrays):
             raise ValueError(f"arrays of different lengths: {[len(a) for a in arrays]}")
-        shared = replicate(_single_copy(shared), self.mesh)
+        shared = replicate(single_copy(shared), self.mesh)
         outputs = []
         for start in range(0, n, batch_size):
             rows = [np.asarray(a[start : start + batch_size]) for a in arrays]
@@ -178,7 +178,7 @@ class BatchedMap:
         return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
-def _single_copy(tree):
+def single_copy(tree):
     """One device's copy of a replicated pytree (a training state spans every process's
     devices; inference here runs on this process's own)."""
     return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)

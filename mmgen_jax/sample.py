@@ -27,10 +27,18 @@ from PIL import Image
 
 from mmgen_jax import parallel, writers
 from mmgen_jax.data import pipeline, prepare, tokenizer
+from mmgen_jax.families import base
 from mmgen_jax.runs import generate_from_tokens, load_run
 
 flags.DEFINE_string("workdir", None, "A training run's directory.")
-MODES = ("text2image", "image2text", "joint", "reconstruct")
+# --mode -> the capability a run's family must declare for it.
+MODE_CAPABILITIES = {
+    "text2image": base.TEXT_TO_IMAGE,
+    "image2text": base.IMAGE_TO_TEXT,
+    "joint": base.JOINT,
+    "reconstruct": base.RECONSTRUCT,
+}
+MODES = tuple(MODE_CAPABILITIES)
 flags.DEFINE_enum("mode", "text2image", MODES, "What to sample (all but text2image: VAE runs).")
 flags.DEFINE_string("images_dir", None, "image2text: a folder of images (default: eval split).")
 flags.DEFINE_float("temperature", 0.0, "image2text: caption sampling temperature (0 = greedy).")
@@ -151,6 +159,7 @@ def main(argv):
     if FLAGS.caption and not FLAGS.out:
         raise app.UsageError("--caption needs --out")
     config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
+    _require(family, config, "text2image")
     max_len = config.data.max_text_len
     if FLAGS.captions_file:
         captions = read_captions(FLAGS.captions_file)
@@ -175,18 +184,23 @@ def main(argv):
         print(f"wrote {FLAGS.out}")
 
 
+def _require(family, config, mode):
+    """A clear error when the run's family cannot do `mode`."""
+    if not family.can(MODE_CAPABILITIES[mode]):
+        modes = [m for m, c in MODE_CAPABILITIES.items() if family.can(c)]
+        raise app.UsageError(
+            f"--mode={mode} needs a model that can {MODE_CAPABILITIES[mode]}; {FLAGS.workdir} "
+            f"holds a {config.model.family!r} run, whose modes are {modes or 'none'}"
+        )
+
+
 def sample_vae(mode):
     """image2text, joint and reconstruct: the modes of models that read and write both
     images and captions."""
     if not FLAGS.out_dir:
         raise app.UsageError(f"--mode={mode} needs --out_dir")
     config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
-    if not hasattr(family, "describe"):
-        raise app.UsageError(
-            f"--mode={mode} needs a model that also reads images and writes captions; "
-            f"{FLAGS.workdir} holds a {config.model.family!r} run: use --mode=text2image, or "
-            f"a run of configs/vae.py"
-        )
+    _require(family, config, mode)
     key, size = jax.random.PRNGKey(FLAGS.seed), FLAGS.batch_size
     if mode == "image2text":
         if FLAGS.images_dir:

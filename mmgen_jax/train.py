@@ -1,5 +1,6 @@
 """The family-agnostic training loop: init-or-resume, step, log, checkpoint, sample."""
 
+import functools
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import numpy as np
 from mmgen_jax import checkpoint, families, parallel, writers
 from mmgen_jax.data import pipeline, prepare, tokenizer
 from mmgen_jax.evaluation import during_training
+from mmgen_jax.families import base
 
 # Fields that may change between a run and its resumption; any other change means a
 # different experiment, which needs its own workdir.
@@ -31,16 +33,11 @@ log = logging.getLogger("mmgen_jax")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+    """Trains `config` in `workdir`: resumes from its latest checkpoint if there is one, else
+    starts from the parameters of the run `config.init_from` names, else from scratch.
 
     Returns the final state.
     """
-    if config.model.get("text_encoder") == "none":
-        raise ValueError(
-            "model.text_encoder='none' feeds precomputed caption embeddings and serves the "
-            "benchmark (configs/gan.py:dcgan32); to train on captions set "
-            "--config.model.text_encoder=conv (or transformer)"
-        )
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -68,7 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     )
 
     rng = jax.random.PRNGKey(config.seed)
-    state, start = _restore_or_init(family, ckpt, stream, rng, mesh)
+    state, start = _restore_or_init(family, ckpt, stream, rng, mesh, config.get("init_from"))
 
     num_steps = config.train.num_steps
     if start >= num_steps:
@@ -91,10 +88,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     # Rows a crashed run wrote after its last checkpoint are dropped: they are redone.
     writer = writers.MetricWriter(workdir, enabled=is_main, after_step=start)
     progress = writers.Progress(num_steps, start, enabled=is_main)
-    draws = hasattr(family, "generate")  # the domain evaluator draws nothing
-    # Families that also write captions (the VAE) get the grid with both directions.
-    grid = _VAESampleGrid if hasattr(family, "describe") else _SampleGrid
-    samples = grid(config, family, data_dir, workdir) if is_main and draws else None
+    draws = family.can(base.TEXT_TO_IMAGE) or family.can(base.JOINT)
+    samples = None
+    if is_main and draws and config.train.sample_every:
+        samples = _SampleGrid(config, family, data_dir, workdir)
     evaluation = during_training.create(config, family, data_dir, workdir)
     # One process polls its own SIGTERM flag; several agree on the step through Orbax's
     # preemption sync point, whose notifier owns SIGTERM (a Python handler would hide it).
@@ -116,16 +113,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             pending.append(metrics)
             stopping = _should_stop(stop, ckpt, step)
             last = step == num_steps or stopping
-            if step % t.log_every == 0 or last:
-                averaged = _mean_metrics(pending, step)
+            if last or itstime(step, t.log_every):
+                averaged = _mean_metrics(pending, step, family.nan_hint)
                 pending = []
                 rate = progress.log(step, averaged)
                 writer.scalars(step, {**averaged, "steps_per_sec": rate})
-            if step % t.checkpoint_every == 0 or last:
+            if last or itstime(step, t.checkpoint_every):
                 ckpt.save(step, state, batches.state)
-            if samples is not None and (step % t.sample_every == 0 or last):
+            if samples is not None and itstime(step, t.sample_every, last):
                 samples.write(step, state, writer)
-            if evaluation is not None and (step % t.eval_every == 0 or last):
+            if evaluation is not None and itstime(step, t.eval_every, last):
                 evaluation.run(step, state, batches.state, writer)
             if stopping:
                 log.warning("Stop requested (SIGTERM): saved step %d; exiting.", step)
@@ -143,18 +140,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     return state
 
 
-def _restore_or_init(family, ckpt, stream, rng, mesh):
-    """Resumes from the workdir's latest checkpoint, else initialises. -> (state, step)."""
+def itstime(step, every, last=False):
+    """Whether a periodic action (`train.*_every`) runs at `step`: every `every` steps and,
+    with `last`, at the final step; never when `every` is 0 (off)."""
+    return every > 0 and (step % every == 0 or last)
+
+
+def _restore_or_init(family, ckpt, stream, rng, mesh, init_from=None):
+    """Resumes from the workdir's latest checkpoint, else starts from the parameters of the
+    run `init_from` (a workdir), else initialises. -> (state, step)."""
     replicated = parallel.replicated(mesh)
     latest = ckpt.latest_step()
     if latest is None:
         state = jax.jit(family.init, out_shardings=replicated)(rng)
+        if init_from:
+            state = base.adopt(state, _load_other_run(family, init_from, state, replicated))
+            log.info("Starting from the parameters of %s.", init_from)
         return state, 0
     target = checkpoint.abstract(jax.eval_shape(family.init, rng), replicated)
     state, data_state = ckpt.restore(target, latest)
     stream.set_state(data_state)
     log.info("Resumed from checkpoint at step %d.", latest)
     return state, latest
+
+
+def _load_other_run(family, workdir, like, sharding):
+    """The latest state of the run in `workdir`, which must have `like`'s structure."""
+    other = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    try:
+        return other.restore(checkpoint.abstract(like, sharding))[0]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"config.init_from={workdir!r} holds a run whose parameters do not fit this "
+            f"config's {family.config.model.family!r} model ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); keep the model fields of that run's config.json"
+        ) from None
+    finally:
+        other.close()
 
 
 def _steps_per_dispatch(config, start):
@@ -186,22 +208,23 @@ def _should_stop(stop, ckpt, step):
     return bool(stop)
 
 
-def _mean_metrics(pending, step):
+def _mean_metrics(pending, step, nan_hint):
     host = jax.device_get(pending)
     # A metric is a scalar per dispatch, or one value per step with steps_per_dispatch > 1.
     averaged = {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in host[0]}
     bad = [k for k, v in averaged.items() if not np.isfinite(v)]
     if bad:
         raise FloatingPointError(
-            f"{', '.join(bad)} became non-finite by step {step}. The run diverged: resume "
-            f"from the last checkpoint with smaller learning rates (--config.train.lr_g, "
-            f"--config.train.lr_d) or start a new workdir."
+            f"{', '.join(bad)} became non-finite by step {step}. The run diverged: "
+            f"{nan_hint} and start a new workdir, or continue from this run's last "
+            f"checkpoint in a new workdir with --config.init_from=THIS_WORKDIR."
         )
     return averaged
 
 
 class _SampleGrid:
-    """Fixed captions from the eval split, their real images and EMA-generator samples."""
+    """Fixed captions from the eval split, their real images, and the columns the family's
+    capabilities draw from them (`Family.grid_columns`) with the sampling variables."""
 
     def __init__(self, config, family, data_dir, workdir):
         t, d = config.train, config.data
@@ -222,64 +245,30 @@ class _SampleGrid:
         )[: t.sample_rows]
         self.captions = [examples["caption"][i] for i in order]
         self.real = examples["image"][order]
-        cols = t.sample_cols
-        self.tokens = np.repeat(examples["text"][order], cols, axis=0)
-        self.indices = np.arange(len(self.tokens), dtype=np.uint32)
+        self.tokens = examples["text"][order]
         self.key = jax.random.PRNGKey(config.seed + 1)
-        self.cols, self.family = cols, family
+        self.family = family
         self.dir = os.path.join(workdir, "samples")
         os.makedirs(self.dir, exist_ok=True)
-        self._generate = jax.jit(family.generate)
+        self._columns = jax.jit(functools.partial(family.grid_columns, cols=t.sample_cols))
 
     def write(self, step, state, writer):
         # Process 0 samples on its first device from its own copy of the replicated state.
-        variables = jax.tree.map(
-            lambda x: x.addressable_data(0), self.family.sampling_variables(state)
-        )
-        images = np.asarray(self._generate(variables, self.tokens, self.key, self.indices))
-        images = images.reshape(len(self.captions), self.cols, *images.shape[1:])
-        grid = writers.caption_grid(self.captions, self.real, images)
-        grid.save(os.path.join(self.dir, f"step_{step}.png"))
-        writer.image(step, "samples", grid)
-
-
-class _VAESampleGrid(_SampleGrid):
-    """Per eval example: real image (caption generated from it written under it) | joint
-    reconstruction (its caption under it) | images generated from the caption | joint
-    samples z ~ p(z) with their generated captions."""
-
-    def __init__(self, config, family, data_dir, workdir):
-        super().__init__(config, family, data_dir, workdir)
-        rows = len(self.captions)
-        self.row_tokens = self.tokens[:: self.cols]
-        self.row_indices = np.arange(rows, dtype=np.uint32)
-        self._describe = jax.jit(family.describe)
-        self._reconstruct = jax.jit(family.reconstruct)
-        self._joint = jax.jit(family.joint)
-
-    def write(self, step, state, writer):
-        variables = jax.tree.map(
-            lambda x: x.addressable_data(0), self.family.sampling_variables(state)
-        )
-        rows, cols, key = len(self.captions), self.cols, self.key
-        from_text = np.asarray(self._generate(variables, self.tokens, key, self.indices))
-        described = np.asarray(self._describe(variables, self.real, key, self.row_indices))
-        recon, recon_tokens = self._reconstruct(
-            variables, self.real, self.row_tokens, key, self.row_indices
-        )
-        joint, joint_tokens = self._joint(variables, key, self.indices)
-        from_text = from_text.reshape(rows, cols, *from_text.shape[1:])
-        joint = np.asarray(joint).reshape(rows, cols, *from_text.shape[2:])
-        joint_text = [tokenizer.decode(t) for t in np.asarray(joint_tokens)]
+        variables = parallel.single_copy(self.family.sampling_variables(state))
         columns = [
-            ("real", self.real, [tokenizer.decode(t) for t in described]),
-            ("reconstruction", np.asarray(recon), [tokenizer.decode(t) for t in recon_tokens]),
-            *((f"from caption {j + 1}", from_text[:, j], None) for j in range(cols)),
-            *((f"joint {j + 1}", joint[:, j], joint_text[j::cols]) for j in range(cols)),
+            (title.text, np.asarray(images), _decode_all(notes))
+            for title, images, notes in self._columns(variables, self.real, self.tokens, self.key)
         ]
-        grid = writers.image_table(self.captions, columns, scale=3, note_lines=5)
+        writes = any(notes is not None for _, _, notes in columns)
+        grid = writers.image_table(
+            self.captions, columns, scale=3 if writes else 2, note_lines=5 if writes else 0
+        )
         grid.save(os.path.join(self.dir, f"step_{step}.png"))
         writer.image(step, "samples", grid)
+
+
+def _decode_all(tokens):
+    return None if tokens is None else [tokenizer.decode(t) for t in np.asarray(tokens)]
 
 
 def _write_run_files(config, workdir, is_main, resuming):

@@ -72,7 +72,7 @@ def test_dcgan32_step_equals_textbook_reference():
     # gradients can be read off and compared with the reference's.
     family.tx_g = family.tx_d = optax.sgd(1.0)
     state = jax.jit(family.init)(jax.random.PRNGKey(0))
-    batch = family.device_batch(benchmark.synthetic_batch(family, 16, seed=0))
+    batch = family.device_batch(family.example_batch(16, seed=0))
 
     d_grads, g_grads, d_loss, g_loss = jax.jit(functools.partial(reference_step, config))(
         state, batch

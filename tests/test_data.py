@@ -17,9 +17,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmgen_jax.data import digits_captions as dc
-from mmgen_jax.data import pipeline
-from mmgen_jax.data import prepare
-from mmgen_jax.data import tokenizer
+from mmgen_jax.data import digits_domain as dd
+from mmgen_jax.data import pipeline, prepare, tokenizer
 
 NAME = "digits_captions"
 
@@ -116,9 +115,9 @@ def test_numpy_upsampling_equals_pil_bilinear(digits):
 
 
 def test_captions_and_hold_out_rule():
-    assert dc.canonical_caption(7, 2, 4) == ("a red handwritten seven on a blue background")
-    assert dc.caption(4, 7, 2, 4) == "蓝色背景上的红色手写数字七"
-    assert sorted(dc.pair_index(f, b) for f in range(6) for b in range(6) if f != b) == list(
+    assert dd.canonical_caption(7, 2, 4) == ("a red handwritten seven on a blue background")
+    assert dd.caption(4, 7, 2, 4) == "蓝色背景上的红色手写数字七"
+    assert sorted(dd.pair_index(f, b) for f in range(6) for b in range(6) if f != b) == list(
         range(30)
     )
     held = [
@@ -126,7 +125,7 @@ def test_captions_and_hold_out_rule():
         for d in range(10)
         for f in range(6)
         for b in range(6)
-        if f != b and dc.is_held_out(d, f, b)
+        if f != b and dd.is_held_out(d, f, b)
     ]
     assert len(held) == 30
     assert collections.Counter(d for d, _, _ in held) == {d: 3 for d in range(10)}
@@ -139,7 +138,7 @@ def test_features_and_dtypes(data_dir, examples):
     assert isinstance(ex["caption"], bytes)
     builder = tfds.builder_from_directory(prepare.prepared_dir(NAME, data_dir))
     features = builder.info.features
-    assert features["fg"].names == list(dc.COLOR_NAMES)
+    assert features["fg"].names == list(dd.COLOR_NAMES)
     assert features["label"].num_classes == 10
 
 
@@ -148,7 +147,7 @@ def test_split_sizes(examples, digits):
     expected = collections.Counter()
     for image_id, digit in enumerate(digits.target):
         for fg, bg in dc.image_pairs(image_id):
-            held = dc.is_held_out(digit, fg, bg)
+            held = dd.is_held_out(digit, fg, bg)
             if image_id % 6 == 0:
                 expected["test"] += 1
                 expected["test_held_out"] += held
@@ -163,9 +162,9 @@ def test_split_sizes(examples, digits):
 
 def test_held_out_combinations(examples):
     assert not any(ex["held_out"] for ex in examples["train"])
-    assert all(not dc.is_held_out(ex["label"], ex["fg"], ex["bg"]) for ex in examples["train"])
+    assert all(not dd.is_held_out(ex["label"], ex["fg"], ex["bg"]) for ex in examples["train"])
     test_held = {(ex["label"], ex["fg"], ex["bg"]) for ex in examples["test"] if ex["held_out"]}
-    assert all(dc.is_held_out(*c) for c in test_held)
+    assert all(dd.is_held_out(*c) for c in test_held)
     assert len(test_held) >= 25  # most of the 30 held-out combinations
 
 
@@ -176,11 +175,11 @@ def test_rendered_colours(examples, digits):
         digit_image = digits.images[ex["image_id"]]
         for i, j in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
             if digit_image[i, j] == 0:  # no ink in that corner: background colour
-                assert tuple(image[i, j]) == dc.PALETTE[bg]
+                assert tuple(image[i, j]) == dd.PALETTE[bg]
         np.testing.assert_array_equal(image, dc.render(digit_image, fg, bg))
         a = dc.upsample(digit_image / 16.0)
         if a.max() == 1.0:  # full-intensity pixels are exactly the fg colour
-            assert {tuple(p) for p in image[a == 1.0]} == {dc.PALETTE[fg]}
+            assert {tuple(p) for p in image[a == 1.0]} == {dd.PALETTE[fg]}
             checked += 1
         assert ex["label"] == digits.target[ex["image_id"]]
     assert checked >= 10
@@ -196,13 +195,21 @@ def test_captions_in_examples(examples, digits):
     counts = collections.Counter(
         next(
             t
-            for t in range(len(dc.TEMPLATES))
-            if dc.caption(t, ex["label"], ex["fg"], ex["bg"]) == c
+            for t in range(len(dd.TEMPLATES))
+            if dd.caption(t, ex["label"], ex["fg"], ex["bg"]) == c
         )
         for ex, c in zip(examples["test"], captions)
     )
-    assert counts == {t: 300 for t in range(len(dc.TEMPLATES))}
+    assert counts == {t: 300 for t in range(len(dd.TEMPLATES))}
     assert sum("背景" in c for c in captions) == 300
+
+
+def test_every_stored_caption_parses_to_its_example(examples):
+    # The one parser reads back every caption the builder wrote, in every template/language.
+    for split in ("train", "test"):
+        for ex in examples[split]:
+            stated = dd.parse_caption(ex["caption"].decode())
+            assert stated == {"label": ex["label"], "fg": ex["fg"], "bg": ex["bg"]}, ex["caption"]
 
 
 # Preparation.

@@ -7,7 +7,6 @@ import pytest
 import scipy.linalg
 
 from mmgen_jax import parallel
-from mmgen_jax.data.digits_captions import TEMPLATES, caption
 from mmgen_jax.evaluation import captions, extractors, feature_cache, metrics, settings
 
 
@@ -110,19 +109,6 @@ def test_consistency_all_attributes_and_seen_held_out_groups():
     }
     only_held_out = metrics.consistency(predicted, targets, np.ones(4, bool))
     assert "consistency_seen" not in only_held_out and only_held_out["consistency_held_out"] == 0.5
-
-
-@pytest.mark.parametrize("template", range(len(TEMPLATES)))
-def test_captions_of_every_template_parse_back(template):
-    for digit, fg, bg in [(7, 2, 4), (0, 1, 0), (9, 5, 3)]:
-        text = caption(template, digit, fg, bg)
-        assert captions.parse_attributes(text) == {"label": digit, "fg": fg, "bg": bg}
-    assert captions.parse_attributes(caption(template, 7, 2, 4)[:-2]) is None
-
-
-def test_parse_rejects_unknown_words():
-    assert captions.parse_attributes("a purple handwritten seven on a blue background") is None
-    assert captions.parse_attributes("") is None
 
 
 def test_bleu4_hand_computed():

@@ -11,7 +11,8 @@ equal to PIL's BILINEAR resize of a mode 'F' image), then every pixel is
 round(a * fg + (1 - a) * bg) in RGB, so strokes are drawn in the foreground
 colour on a plain background colour.
 
-Colours: a fixed 6-colour `PALETTE`; the colour id is the index. The 30 ordered
+Colours: a fixed 6-colour `PALETTE`; the colour id is the index. Words, colours,
+templates and the caption parser live in `digits_domain` (no TFDS there). The 30 ordered
 (fg, bg) pairs with fg != bg are numbered by
     pair_index = fg * 5 + (bg if bg < fg else bg - 1)        (0..29).
 Every digit image appears K = 6 times, with 6 distinct pairs drawn by a numpy RNG
@@ -36,69 +37,21 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+# The dataset's words, colours, templates and captions: shared with evaluation, without TFDS.
+from mmgen_jax.data.digits_domain import (
+    COLOR_NAMES,
+    DIGIT_WORDS,
+    NUM_PAIRS,
+    PALETTE,
+    TEMPLATES,
+    caption,
+    is_held_out,
+    pair_from_index,
+)
+
 IMAGE_SIZE = 32
 PAIRS_PER_IMAGE = 6  # K
 TEST_IMAGE_EVERY = 6  # image_id % 6 == 0 -> test image
-
-PALETTE = (
-    (0, 0, 0),
-    (255, 255, 255),
-    (255, 0, 0),
-    (0, 255, 0),
-    (0, 0, 255),
-    (255, 255, 0),
-)
-COLOR_NAMES = ("black", "white", "red", "green", "blue", "yellow")
-COLOR_NAMES_ZH = ("黑色", "白色", "红色", "绿色", "蓝色", "黄色")
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DIGIT_WORDS_ZH = ("零", "一", "二", "三", "四", "五", "六", "七", "八", "九")
-NUM_PAIRS = len(PALETTE) * (len(PALETTE) - 1)  # 30
-
-# Fields: {fg}/{bg} colour names, {word} digit word, {num} the numeral, and the
-# Chinese {fg_zh}/{bg_zh}/{word_zh}. Every template states digit, fg and bg.
-TEMPLATES = (
-    "a {fg} handwritten {word} on a {bg} background",
-    "the digit {num} in {fg} over {bg}",
-    "a handwritten {word} in {fg} on {bg}",
-    "the number {word}, written in {fg} on a {bg} background",
-    "{bg_zh}背景上的{fg_zh}手写数字{word_zh}",
-    "在{bg_zh}底色上用{fg_zh}写的数字{word_zh}",
-)
-
-
-def pair_index(fg: int, bg: int) -> int:
-    """Numbers the 30 ordered (fg, bg) pairs with fg != bg as 0..29."""
-    if fg == bg:
-        raise ValueError(f"fg and bg must differ, got {fg} twice.")
-    return fg * 5 + (bg if bg < fg else bg - 1)
-
-
-def pair_from_index(index: int) -> tuple[int, int]:
-    """Inverse of `pair_index`."""
-    fg, rest = divmod(index, 5)
-    return fg, (rest if rest < fg else rest + 1)
-
-
-def is_held_out(digit: int, fg: int, bg: int) -> bool:
-    """Whether (digit, fg, bg) never appears in the train split."""
-    return pair_index(fg, bg) % 10 == digit
-
-
-def caption(template: int, digit: int, fg: int, bg: int) -> str:
-    return TEMPLATES[template].format(
-        fg=COLOR_NAMES[fg],
-        bg=COLOR_NAMES[bg],
-        word=DIGIT_WORDS[digit],
-        num=digit,
-        fg_zh=COLOR_NAMES_ZH[fg],
-        bg_zh=COLOR_NAMES_ZH[bg],
-        word_zh=DIGIT_WORDS_ZH[digit],
-    )
-
-
-def canonical_caption(digit: int, fg: int, bg: int) -> str:
-    """Template 0, e.g. 'a red handwritten seven on a blue background'."""
-    return caption(0, digit, fg, bg)
 
 
 def image_pairs(image_id: int) -> list[tuple[int, int]]:

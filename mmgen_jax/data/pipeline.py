@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mmgen_jax.data import prepare
-from mmgen_jax.data import tokenizer
+from mmgen_jax.data import prepare, tokenizer
+from mmgen_jax.data.digits_domain import DIGIT_WORDS
 
 # Integer features copied to the batch (as int32) when a dataset has them.
 _OPTIONAL_INT_KEYS = ("label", "fg", "bg")
@@ -108,7 +108,6 @@ _DIGIT_TEMPLATES = (
     "the digit {name}",
     "a handwritten {name}",
 )
-_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def _pick(index: int, n: int) -> int:
@@ -125,7 +124,7 @@ def class_caption(name: str, index: int = 0) -> str:
     name = name.replace("_", " ")
     if name in tuple("0123456789"):
         template = _DIGIT_TEMPLATES[_pick(index, len(_DIGIT_TEMPLATES))]
-        return template.format(name=name, word=_DIGIT_WORDS[int(name)])
+        return template.format(name=name, word=DIGIT_WORDS[int(name)])
     template = _CLASS_TEMPLATES[_pick(index, len(_CLASS_TEMPLATES))]
     return template.format(name=name, a="an" if name[:1] in tuple("aeiou") else "a")
 

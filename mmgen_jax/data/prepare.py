@@ -86,27 +86,27 @@ def _parse_name(name: str) -> tuple[str, str | None]:
     return base, version or None
 
 
-def _family(name: str) -> str:
+def builder_name(name: str) -> str:
     """'caption_folder/s32_ab12:1.0.0' -> 'caption_folder' (the builder's name)."""
     return _parse_name(name)[0].split("/")[0]
 
 
 def resolve_name(name: str, builder_kwargs: dict | None = None) -> str:
     """A folder dataset's name with its config ('caption_folder/s32_<hash>'); else `name`."""
-    if _family(name) not in FOLDER_DATASETS:
+    if builder_name(name) not in FOLDER_DATASETS:
         return name
     kwargs = dict(builder_kwargs or {})
     if not kwargs.get("path"):
         raise ValueError(
             f"Dataset {name!r} reads your own folder: pass it with --config.data.path=/your/folder"
         )
-    module = importlib.import_module(EMBEDDED[_family(name)].partition(":")[0])
-    return f"{_family(name)}/{module.make_config(**kwargs).name}"
+    module = importlib.import_module(EMBEDDED[builder_name(name)].partition(":")[0])
+    return f"{builder_name(name)}/{module.make_config(**kwargs).name}"
 
 
 def builder_class(name: str):
     """The builder class of an embedded dataset (imports its module)."""
-    module, _, cls = EMBEDDED[_family(name)].partition(":")
+    module, _, cls = EMBEDDED[builder_name(name)].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -119,7 +119,7 @@ def prepared_dir(name: str, data_dir: str) -> pathlib.Path | None:
     """
     base, version = _parse_name(name)
     root = pathlib.Path(data_dir) / base
-    if version is None and _family(name) in EMBEDDED:
+    if version is None and builder_name(name) in EMBEDDED:
         version = str(builder_class(base).VERSION)
     if version is not None:
         candidates = [root / version]
@@ -144,10 +144,10 @@ def prepare_command(name: str, data_dir: str, builder_kwargs: dict | None = None
         sys.executable,
         "-m",
         "mmgen_jax.data.prepare",
-        f"--dataset={_family(name) if _family(name) in FOLDER_DATASETS else name}",
+        f"--dataset={builder_name(name) if builder_name(name) in FOLDER_DATASETS else name}",
         f"--data_dir={data_dir}",
     ]
-    if _family(name) not in EMBEDDED:
+    if builder_name(name) not in EMBEDDED:
         cmd.append("--download")
     kwargs = builder_kwargs or {}
     if "path" in kwargs:
@@ -179,7 +179,7 @@ def ensure_prepared(name: str, data_dir: str, builder_kwargs: dict | None = None
     resolved = resolve_name(name, builder_kwargs)
     if (done := prepared_dir(resolved, data_dir)) is not None:
         return done
-    if _family(name) not in EMBEDDED:
+    if builder_name(name) not in EMBEDDED:
         raise _not_prepared_error(name, data_dir)
     check_local_sources(name)
     env = dict(os.environ)
@@ -236,7 +236,7 @@ def prepare(
     """
     name = resolve_name(name, builder_kwargs)
     base, version = _parse_name(name)
-    if _family(name) not in EMBEDDED and not download:
+    if builder_name(name) not in EMBEDDED and not download:
         if (done := prepared_dir(name, data_dir)) is not None:
             return done
         raise _not_prepared_error(name, data_dir)
@@ -247,14 +247,14 @@ def prepare(
             return done
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-        if _family(name) in EMBEDDED:
+        if builder_name(name) in EMBEDDED:
             # We hold the lock, so leftovers of killed runs are garbage.
             for stale in (pathlib.Path(data_dir) / base).glob(f"{_INCOMPLETE_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True)
             extra = {}
-            if _family(name) in FOLDER_DATASETS:
+            if builder_name(name) in FOLDER_DATASETS:
                 extra["config"] = importlib.import_module(
-                    EMBEDDED[_family(name)].partition(":")[0]
+                    EMBEDDED[builder_name(name)].partition(":")[0]
                 ).make_config(**builder_kwargs)
             builder = builder_class(base)(
                 data_dir=data_dir, version=version, file_format="array_record", **extra
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     kwargs = None
-    if _family(args.dataset) in FOLDER_DATASETS:
+    if builder_name(args.dataset) in FOLDER_DATASETS:
         kwargs = {"path": args.path, "image_size": args.image_size, "skip_bad": args.skip_bad}
     try:
         path = prepare(args.dataset, args.data_dir, download=args.download, builder_kwargs=kwargs)

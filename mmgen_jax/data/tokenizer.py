@@ -17,8 +17,8 @@ import numpy as np
 PAD = 0
 BOS = 1
 EOS = 2
-_BYTE_OFFSET = 3
-VOCAB_SIZE = 256 + _BYTE_OFFSET  # 259
+BYTE_OFFSET = 3  # id of byte 0: ids below it are the specials
+VOCAB_SIZE = 256 + BYTE_OFFSET  # 259
 
 
 def _cut_at_char_boundary(data: bytes, limit: int) -> bytes:
@@ -45,7 +45,7 @@ def encode(text: str, max_len: int) -> np.ndarray:
         raise ValueError(f"max_len must be >= 1 to hold EOS, got {max_len}.")
     data = _cut_at_char_boundary(text.encode("utf-8"), max_len - 1)
     ids = np.zeros((max_len,), np.int32)  # zeros == PAD
-    ids[: len(data)] = np.frombuffer(data, np.uint8).astype(np.int32) + _BYTE_OFFSET
+    ids[: len(data)] = np.frombuffer(data, np.uint8).astype(np.int32) + BYTE_OFFSET
     ids[len(data)] = EOS
     return ids
 
@@ -68,6 +68,6 @@ def decode(ids: Sequence[int] | np.ndarray) -> str:
     for i in np.asarray(ids).reshape(-1).tolist():
         if i in (EOS, PAD):
             break
-        if _BYTE_OFFSET <= i < VOCAB_SIZE:  # skips BOS (and any out-of-range id)
-            data.append(i - _BYTE_OFFSET)
+        if BYTE_OFFSET <= i < VOCAB_SIZE:  # skips BOS (and any out-of-range id)
+            data.append(i - BYTE_OFFSET)
     return data.decode("utf-8", errors="replace")

@@ -1,56 +1,53 @@
-"""Scores generated captions of digits_captions images: do they name the right digit and
-the right foreground and background colours?
+"""Scores generated captions of a dataset's images: do they state the image's attributes
+(for digits_captions: its digit, foreground and background colour)?
 
-  python -m mmgen_jax.evaluation.caption_judge --samples_dir=DIR
+  python -m mmgen_jax.evaluation.caption_judge --samples_dir=DIR [--dataset=NAME]
 reads DIR/index.jsonl as `python -m mmgen_jax.sample --mode=image2text` writes it for the
 eval split ({"caption": generated, "reference": the image's true caption}) and prints the
-share of captions that are well formed (any of the dataset's six templates, English or
-Chinese), name the right digit, and name both right colours. A caption that matches no
-template names nothing and counts as wrong.
+share of captions that are well formed (a caption the dataset writes, in any of its
+templates and languages), that state each attribute right, and that state all of them
+right. Captions are read by the dataset's domain (`mmgen_jax.data.domains`); one that does
+not parse states nothing and counts as wrong.
 """
 
-import functools
 import json
 import os
 
 from absl import app, flags
 
-from mmgen_jax.data import digits_captions as dc
+from mmgen_jax.data import digits_domain, domains
+from mmgen_jax.evaluation import captions as captions_lib
 
 
-@functools.lru_cache(maxsize=1)
-def _captions():
-    """Every caption the dataset can write -> its (digit, fg, bg)."""
-    table = {}
-    for template in range(len(dc.TEMPLATES)):
-        for digit in range(len(dc.DIGIT_WORDS)):
-            for pair in range(dc.NUM_PAIRS):
-                fg, bg = dc.pair_from_index(pair)
-                table[dc.caption(template, digit, fg, bg)] = (digit, fg, bg)
-    return table
+def domain_of(dataset_name):
+    """The domain of `dataset_name` if it can read its captions; else a clear ValueError."""
+    domain = domains.domain_for(dataset_name)
+    if domain is None or not domain.can_parse_captions:
+        raise ValueError(
+            f"dataset {dataset_name!r} declares no caption parser, so its captions cannot be "
+            f"judged: register a Domain with parse_caption in mmgen_jax/data/domains.py"
+        )
+    return domain
 
 
-def parse_caption(caption):
-    """(digit, fg, bg) named by a caption in any of the dataset's templates, or None."""
-    return _captions().get(caption.strip())
-
-
-def score(captions, references):
-    """Shares of `captions` that are well formed, name the reference's digit, and name both
-    of its colours (references: the true captions, parsed the same way)."""
+def score(captions, references, domain):
+    """Shares of `captions` that are well formed, state each of the domain's attributes as
+    the reference does, and state all of them (references: the true captions, parsed the
+    same way)."""
     if len(captions) != len(references) or not captions:
         raise ValueError("score needs as many generated captions as references, and some")
-    truth = [parse_caption(r) for r in references]
+    truth = [domain.parse_caption(r) for r in references]
     if None in truth:
         bad = references[truth.index(None)]
-        raise ValueError(f"reference {bad!r} is not a digits_captions caption")
-    got = [parse_caption(c) for c in captions]
-    n = len(captions)
+        raise ValueError(f"reference {bad!r} is not a {domain.name} caption")
+    got = [domain.parse_caption(c) for c in captions]
+    targets = {a: [t[a] for t in truth] for a in domain.attributes}
+    shares = captions_lib.stated_shares(got, targets)
     return {
-        "n": n,
-        "well_formed": sum(g is not None for g in got) / n,
-        "digit": sum(g is not None and g[0] == t[0] for g, t in zip(got, truth)) / n,
-        "colours": sum(g is not None and g[1:] == t[1:] for g, t in zip(got, truth)) / n,
+        "n": len(captions),
+        "well_formed": shares.pop("parsed"),
+        **shares,
+        "all": sum(g == t for g, t in zip(got, truth)) / len(captions),
     }
 
 
@@ -64,10 +61,16 @@ def main(argv):
             f"{path} needs a 'reference' caption on every line: write it with "
             f"`python -m mmgen_jax.sample --mode=image2text` over the eval split"
         )
-    print(json.dumps(score([r["caption"] for r in rows], [r["reference"] for r in rows])))
+    try:
+        domain = domain_of(flags.FLAGS.dataset)
+        result = score([r["caption"] for r in rows], [r["reference"] for r in rows], domain)
+    except ValueError as e:  # no parser for the dataset, or a reference of another dataset
+        raise app.UsageError(str(e)) from e
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("samples_dir", None, "Folder with index.jsonl from image2text.")
+    flags.DEFINE_string("dataset", digits_domain.NAME, "The dataset the captions describe.")
     flags.mark_flag_as_required("samples_dir")
     app.run(main)

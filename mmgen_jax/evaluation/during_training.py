@@ -20,6 +20,7 @@ import numpy as np
 from mmgen_jax import checkpoint, parallel, writers
 from mmgen_jax.evaluation import metrics, suite
 from mmgen_jax.evaluation import settings as settings_lib
+from mmgen_jax.families import base
 
 log = logging.getLogger("mmgen_jax")
 
@@ -28,13 +29,14 @@ def create(config, family, data_dir, workdir):
     """The evaluation for this run, or None when `train.eval_every` is 0 (or absent)."""
     if not config.train.get("eval_every", 0):
         return None
-    if config.model.family == "evaluator":
+    if family.can(base.FEATURES):
         return ClassifierAccuracy(config, family, data_dir, workdir)
-    return GeneratorMetrics(config, family, data_dir, workdir)
-
-
-def _single_copy(state):
-    return jax.tree.map(lambda x: x.addressable_data(0), state)
+    if family.can(base.TEXT_TO_IMAGE):
+        return GeneratorMetrics(config, family, data_dir, workdir)
+    raise ValueError(
+        f"train.eval_every > 0, but the {config.model.family!r} family neither draws from "
+        f"captions nor reads attributes: set --config.train.eval_every=0"
+    )
 
 
 class ClassifierAccuracy:
@@ -50,7 +52,7 @@ class ClassifierAccuracy:
 
     def run(self, step, state, data_state, writer):
         del data_state
-        variables = self.family.sampling_variables(_single_copy(state))
+        variables = self.family.sampling_variables(parallel.single_copy(state))
         _, predicted = self._map(variables, self.test["image"], batch_size=256)
         targets = {h: self.test[h] for h in self.family.heads}
         scores = metrics.consistency(predicted, targets, self.test.get("held_out"))
@@ -95,7 +97,7 @@ class GeneratorMetrics:
         self.is_main = jax.process_index() == 0
 
     def run(self, step, state, data_state, writer):
-        variables = self.family.sampling_variables(_single_copy(state))
+        variables = self.family.sampling_variables(parallel.single_copy(state))
         values = self.suite.measure_run(self.family, variables)
         writer.scalars(step, {f"eval/{k}": v for k, v in values.items()})
         value, s = values[self.settings.best_metric], self.settings

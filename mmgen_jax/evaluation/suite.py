@@ -8,8 +8,9 @@ import jax
 import numpy as np
 
 from mmgen_jax import parallel, runs, writers
-from mmgen_jax.data import pipeline, tokenizer
+from mmgen_jax.data import domains, pipeline, tokenizer
 from mmgen_jax.evaluation import captions, extractors, feature_cache, metrics
+from mmgen_jax.families import base
 
 
 def load_split(run_config, split, num, data_dir):
@@ -37,6 +38,9 @@ class Suite:
 
     def __init__(self, run_config, settings, num_samples, data_dir):
         self.config, self.settings, self.data_dir = run_config, settings, data_dir
+        domain = domains.domain_for(run_config.data.name)
+        # The dataset's one caption parser (text -> {attribute: class} or None), if it has one.
+        self.parse_caption = domain.parse_caption if domain else None
         self.extractor = extractors.get(settings.extractor, settings)
         # Consistency always reads attributes with the domain evaluator.
         self.judge = (
@@ -142,28 +146,26 @@ class Suite:
 
     def measure_run(self, family, variables, cross_check=False):
         """Every metric of a trained family: images from test captions and, where the family
-        writes captions (`describe`, `joint`), image->text and joint coherence. With
+        declares IMAGE_TO_TEXT / JOINT, image->text and joint coherence. With
         `cross_check`, also the consistency the independent attribute judge reads in the same
-        images (`judge_consistency...`; digits_captions only)."""
+        images (`judge_consistency...`; datasets whose domain declares `drawn_digits`)."""
         images = self.generate(family, variables)
         out = self.measure_images(images)
         if cross_check:
             out.update(self.judge_consistency(images))
-        if hasattr(family, "describe"):
+        if family.can(base.IMAGE_TO_TEXT):
             out.update(self.image_to_text(family, variables))
-        if hasattr(family, "joint"):
+        if family.can(base.JOINT):
             out.update(self.joint(family, variables))
         return out
 
     def judge_consistency(self, images):
         """Consistency as read by `attribute_judge` (pixel colours + an SVM on the 8x8 digits),
         which shares nothing with the evaluator: a check of the evaluator's reading."""
-        if self.config.data.name != "digits_captions":
-            raise ValueError("the attribute judge reads digits_captions images only")
         from mmgen_jax.evaluation import attribute_judge  # scikit-learn: only when asked
 
-        read = attribute_judge.judge(writers.to_uint8(images))
-        read["label"] = read.pop("digit")
+        domain = attribute_judge.domain_of(self.config.data.name)
+        read = attribute_judge.judge(writers.to_uint8(images), domain)
         scores = metrics.consistency(read, self.targets, self.test.get("held_out"))
         return {f"judge_{k}": v for k, v in scores.items()}
 
@@ -184,7 +186,8 @@ class Suite:
 
     def image_to_text(self, family, variables):
         """Captions the family writes for the real test images (greedy): BLEU-4 against the
-        test captions and, for digits_captions text, the share stating each attribute right."""
+        test captions and, where the dataset's domain parses captions, the share that parse
+        (`caption_parsed`) and that state each attribute right."""
         describe = parallel.BatchedMap(
             lambda shared, images, idx: family.describe(shared[0], images, shared[1], idx)
         )
@@ -196,18 +199,17 @@ class Suite:
         )
         texts = [tokenizer.decode(t) for t in tokens]
         out = {"caption_bleu4": captions.corpus_bleu4(texts, self.test["caption"])}
-        if self.config.data.name == "digits_captions":
-            stated = [captions.parse_attributes(t) for t in texts]
-            out["caption_parsed"] = float(np.mean([s is not None for s in stated]))
-            for head in self.targets:
-                said = np.array([-1 if s is None else s[head] for s in stated])
-                out[f"caption_{head}"] = float(np.mean(said == self.targets[head]))
+        if self.parse_caption:
+            stated = [self.parse_caption(t) for t in texts]
+            shares = captions.stated_shares(stated, self.targets)
+            out.update({f"caption_{k}": v for k, v in shares.items()})
         return out
 
     def joint(self, family, variables):
         """Joint samples (image, caption): the share whose caption states exactly the
-        attributes the evaluator reads in the image (unparsable captions count as wrong)."""
-        if self.config.data.name != "digits_captions":
+        attributes the evaluator reads in the image (unparsable captions count as wrong);
+        nothing where the dataset's domain parses no captions."""
+        if not self.parse_caption:
             return {}
         sample = parallel.BatchedMap(lambda shared, idx: family.joint(shared[0], shared[1], idx))
         images, tokens = sample(
@@ -216,9 +218,9 @@ class Suite:
             batch_size=self.settings.batch_size,
         )
         _, predicted = self.judge(images)
-        stated = [captions.parse_attributes(tokenizer.decode(t)) for t in tokens]
+        stated = [self.parse_caption(tokenizer.decode(t)) for t in tokens]
         agree = [
-            s is not None and all(s[h] == predicted[h][i] for h in self.judge.heads)
+            s is not None and all(s.get(h) == predicted[h][i] for h in self.judge.heads)
             for i, s in enumerate(stated)
         ]
         return {

@@ -1,10 +1,13 @@
-"""Model families: each maps a config to state, init, a per-device train step and generation."""
+"""Model families, registered by name: each implements the contract of `families/base.py`."""
 
+from mmgen_jax.families import base
 from mmgen_jax.families.evaluator import Evaluator
 from mmgen_jax.families.gan import GAN
 from mmgen_jax.families.vae import VAE
 
-FAMILIES = {"gan": GAN, "vae": VAE, "evaluator": Evaluator}
+FAMILIES = {
+    name: base.check(cls) for name, cls in {"gan": GAN, "vae": VAE, "evaluator": Evaluator}.items()
+}
 
 
 def get(name):

@@ -1,9 +1,9 @@
 """The domain evaluator as a family: an attribute classifier trained by the usual loop.
 
 Trained with `python -m mmgen_jax.main --config=configs/evaluator.py --workdir=runs/evaluator`,
-so checkpoints, resumption and progress come from `train.train_and_evaluate`. It has no
-`generate`: the loop draws no sample grids for it. Its features and attribute predictions
-are read by `mmgen_jax.evaluation.extractors`.
+so checkpoints, resumption and progress come from `train.train_and_evaluate`. It draws
+nothing (capability FEATURES only), so the loop writes no sample grids for it. Its features
+and attribute predictions are read by `mmgen_jax.evaluation.extractors`.
 """
 
 from typing import Any
@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from mmgen_jax import losses
+from mmgen_jax.families import base
 from mmgen_jax.models.classifier import AttributeClassifier
 
 
@@ -26,12 +27,13 @@ class EvaluatorState:
     opt_state: Any
 
 
-class Evaluator:
+class Evaluator(base.Family):
     """An attribute classifier: one head per `config.model.heads` entry ({feature: classes})."""
 
+    capabilities = frozenset({base.FEATURES})
+
     def __init__(self, config, axis_name="data"):
-        self.config = config
-        self.axis_name = axis_name
+        super().__init__(config, axis_name)
         m = config.model
         self.heads = {name: int(k) for name, k in m.heads.items()}
         if "colour_width" not in m:
@@ -77,7 +79,7 @@ class Evaluator:
                 f"{sorted(k for k in batch if k not in ('image', 'text', 'index'))}); "
                 f"list only the dataset's attributes in --config.model.heads"
             )
-        out = {"image": batch["image"], "index": (batch["index"] % 2**32).astype("uint32")}
+        out = {"image": batch["image"], "index": base.device_index(batch["index"])}
         for name, k in self.heads.items():
             values = np.asarray(batch[name])
             if values.min() < 0 or values.max() >= k:
@@ -87,6 +89,9 @@ class Evaluator:
                 )
             out[name] = values.astype("int32")
         return out
+
+    def example_batch(self, batch_size, seed):
+        return base.synthetic_batch(self.config, batch_size, seed, labels=self.heads)
 
     def augment(self, key, images, index):
         """-> (augmented images, (B,) 1.0 where the colours are untouched, else 0.0).

@@ -1,19 +1,22 @@
 """Text-conditional GAN: state, init, the pure per-device train step, generation.
 
-`train_step` is written for one device's shard of the batch (pmap-style): gradients,
+`GAN.train_step` is written for one device's shard of the batch (pmap-style): gradients,
 metrics and BatchNorm statistics are averaged over the named axis `axis_name`.
-`mmgen_jax.parallel.data_parallel` maps it over all devices.
+`mmgen_jax.parallel.data_parallel` maps it over all devices. The players' objectives are
+the module-level pure functions below, bound to the networks with `functools.partial`.
 """
 
+import functools
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mmgen_jax import losses
-from mmgen_jax.families import batches
+from mmgen_jax.families import base
 from mmgen_jax.models import dcgan
 from mmgen_jax.models import text as text_lib
 from mmgen_jax.models.conditional import PrecomputedText, TextConditioned
@@ -37,12 +40,14 @@ class GANState:
     ema_params: Any  # exponential moving average of g.params, used for sampling
 
 
-class GAN:
+class GAN(base.Family):
     """The family: networks and optimizers from a config, and pure functions over GANState."""
 
+    capabilities = frozenset({base.TEXT_TO_IMAGE})
+    nan_hint = "lower the learning rates (--config.train.lr_g, --config.train.lr_d)"
+
     def __init__(self, config, axis_name="data"):
-        self.config = config
-        self.axis_name = axis_name
+        super().__init__(config, axis_name)
         t = config.train
         if t.update_order not in ("alternating", "simultaneous"):
             raise ValueError(
@@ -145,194 +150,95 @@ class GAN:
 
     def device_batch(self, batch):
         """The host batch fields the step reads, in device dtypes (no int64 on device)."""
-        return batches.captioned_batch(batch, self.config)
+        if self.config.model.text_encoder == "none" and np.issubdtype(
+            np.asarray(batch["text"]).dtype, np.integer
+        ):
+            raise ValueError(
+                "model.text_encoder='none' feeds precomputed caption embeddings and serves the "
+                "benchmark (configs/gan.py:dcgan32); to train on captions set "
+                "--config.model.text_encoder=conv (or transformer)"
+            )
+        return base.captioned_batch(batch, self.config)
+
+    def example_batch(self, batch_size, seed):
+        """Synthetic captions (or caption embeddings with text_encoder='none') and labels."""
+        batch = base.synthetic_batch(
+            self.config, batch_size, seed, labels={"label": self.config.model.num_classes}
+        )
+        shape, dtype = self.text_spec()
+        if not np.issubdtype(dtype, np.integer):
+            rng = np.random.default_rng(seed)
+            batch["text"] = rng.standard_normal((batch_size, *shape)).astype(dtype)
+        return batch
 
     # ---- the step ----------------------------------------------------------------
     def train_step(self, state: GANState, batch):
         """One D and one G update on this device's shard; returns (state, metrics)."""
-        t = self.config.train
+        t, axis = self.config.train, self.axis_name
         key = jax.random.fold_in(state.rng, state.step)
         z = self.noise(key, batch["index"])
-        real, tokens = batch["image"], batch["text"]
-        wrong = self._mismatched(tokens, batch["index"]) if t.matching_aware else None
-
         # With the mode-seeking term, G also draws every caption from a second noise, z2.
         diverse = t.diversity_weight > 0
         z2 = self.noise(jax.random.fold_in(key, 1), batch["index"]) if diverse else None
+        tokens, labels = batch["text"], batch.get("label")  # labels: with the label heads on
+        wrong = mismatched_captions(tokens, batch["index"], axis) if t.matching_aware else None
+        d_nets = {"apply": self.discriminator.apply, "batch_stats": state.d.batch_stats}
+        common = {"tokens": tokens, "labels": labels, "train": t, "axis_name": axis}
 
-        classify = t.aux_classifier_weight > 0
-
-        def class_loss(logits):
-            return t.aux_classifier_weight * losses.classification_loss(logits, batch["label"])
-
-        def generate(g_params):
-            images, new_vars = self.generator.apply(
-                {"params": g_params, "batch_stats": state.g.batch_stats},
-                jnp.concatenate([z, z2]) if diverse else z,
-                jnp.concatenate([tokens, tokens]) if diverse else tokens,
-                train=True,
-                mutable=["batch_stats", "intermediates"],
-            )
-            pair = tuple(jnp.split(images, 2)) if diverse else (images, None)
-            text_loss = (
-                class_loss(new_vars["intermediates"]["text_class_logits"][0][: len(z)])
-                if classify
-                else jnp.zeros(())
-            )
-            return (*pair, text_loss), new_vars["batch_stats"]
-
-        (fake, twin, g_text_class), g_vjp, g_stats = jax.vjp(generate, state.g.params, has_aux=True)
-
-        def encode(d_params, toks):
-            """D's caption embedding, and its label logits when the label heads are on."""
-            embedding, sown = self.discriminator.apply(
-                {"params": d_params},
-                toks,
-                train=True,
-                method="encode",
-                mutable=["intermediates"],
-            )
-            return embedding, sown.get("intermediates", {}).get("text_class_logits", (None,))[0]
-
-        contrastive = t.contrastive_weight > 0
-
-        def discriminate(d_params, images, embedding):
-            """-> (logits, new batch_stats, {name: what D sowed}: features, class logits)."""
-            logits, new_vars = self.discriminator.apply(
-                {"params": d_params, "batch_stats": state.d.batch_stats},
-                images,
-                embedding,
-                train=True,
-                mutable=["batch_stats", "intermediates"],
-                method="score",
-            )
-            sown = {k: v[0] for k, v in new_vars.get("intermediates", {}).get("net", {}).items()}
-            return logits.astype(jnp.float32), new_vars["batch_stats"], sown
-
-        def alignment(image_features, text_features):
-            """Each image should pick its own caption among all captions of the global batch."""
-            all_text, offset = self._gather(text_features)
-            return losses.contrastive_loss(
-                image_features, all_text, offset, t.contrastive_temperature
-            )
-
-        def objectives(d_params, fake):
-            # Each caption batch is encoded once and shared by the passes that use it.
-            # D's running statistics follow the real batches (they are never used for
-            # sampling: D always runs on batch statistics).
-            embedding, text_logits = encode(d_params, tokens)
-            real_logits, d_stats, real_features = discriminate(d_params, real, embedding)
-            fake_logits, _, fake_features = discriminate(d_params, fake, embedding)
-            wrong_logits = (
-                None
-                if wrong is None
-                else discriminate(d_params, real, encode(d_params, wrong)[0])[0]
-            )
-            d_loss = losses.discriminator_loss(
-                t.loss, real_logits, fake_logits, wrong_logits, t.mismatch_weight
-            )
-            g_loss = losses.generator_loss(t.loss, fake_logits)
-            metrics = {
-                "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),  # D's belief that reals are real
-                "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),  # ... and that fakes are real
-            }
-            if classify:
-                # TAC-GAN: D's image head names the label of real images and G wants its
-                # images named as the label of their caption; D's caption head names it too.
-                d_class = class_loss(real_features["class_logits"])
-                g_class = class_loss(fake_features["class_logits"])
-                d_loss += d_class + class_loss(text_logits)
-                g_loss += g_class
-                metrics.update(d_class=d_class, g_class=g_class)
-            if contrastive:
-                # D learns to tell which caption goes with which real image (both ways);
-                # G is rewarded when D would match its image to the caption it was given.
-                image, text = real_features["image_features"], real_features["text_features"]
-                all_images, offset = self._gather(image)
-                d_align = 0.5 * alignment(image, text) + 0.5 * losses.contrastive_loss(
-                    text, all_images, offset, t.contrastive_temperature
-                )
-                g_align = alignment(fake_features["image_features"], text)
-                d_loss += t.contrastive_weight * d_align
-                g_loss += t.contrastive_weight * g_align
-                metrics.update(d_align=d_align, g_align=g_align)
-            return (d_loss, g_loss), (d_stats, metrics)
-
+        draw = functools.partial(
+            generator_pass,
+            apply=self.generator.apply,
+            batch_stats=state.g.batch_stats,
+            z=z,
+            z2=z2,
+            tokens=tokens,
+            labels=labels,
+            train=t,
+        )
+        (fake, twin, g_text_class), g_vjp, g_stats = jax.vjp(draw, state.g.params, has_aux=True)
         # One forward through D serves both players; each backward below keeps only the
         # cotangents it needs, and XLA drops the rest.
+        judge = functools.partial(
+            discriminator_pass, real=batch["image"], wrong=wrong, **d_nets, **common
+        )
         (d_loss, g_loss), d_vjp, (d_stats, metrics) = jax.vjp(
-            objectives, state.d.params, fake, has_aux=True
+            judge, state.d.params, fake, has_aux=True
         )
         one, zero = jnp.ones_like(d_loss), jnp.zeros_like(d_loss)
-        d_grads = jax.lax.pmean(d_vjp((one, zero))[0], self.axis_name)
-        new_d = _apply(state.d, d_grads, d_stats, self.tx_d)
+        new_d = _apply(state.d, jax.lax.pmean(d_vjp((one, zero))[0], axis), d_stats, self.tx_d)
 
         if t.update_order == "simultaneous":  # G's gradient through the not yet updated D
             fake_grads = d_vjp((zero, one))[1]
         else:  # alternating: G plays against the freshly updated D
-
-            def g_objective(fake):
-                logits, _, sown = discriminate(new_d.params, fake, encode(new_d.params, tokens)[0])
-                loss = losses.generator_loss(t.loss, logits)
-                if classify:
-                    loss += class_loss(sown["class_logits"])
-                if contrastive:
-                    loss += t.contrastive_weight * alignment(
-                        sown["image_features"], sown["text_features"]
-                    )
-                return loss
-
-            g_loss, fake_grads = jax.value_and_grad(g_objective)(fake)
+            objective = functools.partial(
+                generator_objective, d_params=new_d.params, **d_nets, **common
+            )
+            g_loss, fake_grads = jax.value_and_grad(objective)(fake)
         twin_grads = None
-        if diverse:
-            # Mode seeking (Mao et al., 2019): the same caption under two noises should give
-            # images as far apart as the noises are; G minimises 1 / (that ratio + eps).
-            def spread(fake, twin):
-                ratio = jnp.mean(jnp.abs(fake - twin)) / jnp.mean(jnp.abs(z - z2))
-                return t.diversity_weight / (ratio + 1e-5), ratio
-
+        if twin is not None:
+            seek = functools.partial(
+                losses.mode_seeking_loss, z=z, z2=z2, weight=t.diversity_weight
+            )
             (_, ratio), (extra, twin_grads) = jax.value_and_grad(
-                spread, argnums=(0, 1), has_aux=True
+                seek, argnums=(0, 1), has_aux=True
             )(fake, twin)
             fake_grads = fake_grads + extra
             metrics["diversity"] = ratio
         g_grads = jax.lax.pmean(
-            g_vjp((fake_grads, twin_grads, jnp.ones_like(g_text_class)))[0], self.axis_name
+            g_vjp((fake_grads, twin_grads, jnp.ones_like(g_text_class)))[0], axis
         )
-        if classify:
+        if labels is not None:
             metrics["g_text_class"] = g_text_class
         new_g = _apply(state.g, g_grads, g_stats, self.tx_g)
 
-        # The EMA's decay warms up as (1 + step) / (10 + step) until it reaches ema_decay,
-        # so early averages are not dominated by the random initialisation.
-        step = state.step.astype(jnp.float32)
-        decay = jnp.minimum(t.ema_decay, (1.0 + step) / (10.0 + step))
-        ema = optax.incremental_update(new_g.params, state.ema_params, 1.0 - decay)
-        metrics = jax.lax.pmean({**metrics, "d_loss": d_loss, "g_loss": g_loss}, self.axis_name)
+        ema = base.ema_update(state.ema_params, new_g.params, state.step, t.ema_decay)
+        metrics = jax.lax.pmean({**metrics, "d_loss": d_loss, "g_loss": g_loss}, axis)
         new_state = state.replace(step=state.step + 1, g=new_g, d=new_d, ema_params=ema)
         return new_state, metrics
 
     def noise(self, key, index):
         """z for each example from its global stream index: independent of device count."""
-        nz = self.config.model.noise_dim
-        return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (nz,)))(index)
-
-    def _gather(self, x):
-        """The rows of every device (in device order), and where this device's rows start."""
-        start = jax.lax.axis_index(self.axis_name) * x.shape[0]
-        return jax.lax.all_gather(x, self.axis_name, tiled=True), start
-
-    def _mismatched(self, tokens, index):
-        """Each example's 'wrong' caption: the caption of the example whose stream index
-        comes next in the global batch (cyclically). It depends on the indices only, so
-        any split of the batch over devices and processes pairs the same examples."""
-        n = tokens.shape[0]
-        all_tokens, start = self._gather(tokens)
-        all_index, _ = self._gather(index)
-        order = jnp.argsort(all_index)  # rows in stream order
-        rank = jnp.argsort(order)  # each row's place in that order
-        mine = jax.lax.dynamic_slice_in_dim(rank, start, n)
-        return all_tokens[order[(mine + 1) % all_index.shape[0]]]
+        return base.example_normal(key, index, (self.config.model.noise_dim,))
 
     # ---- sampling ----------------------------------------------------------------
     def sampling_variables(self, state: GANState):
@@ -353,3 +259,139 @@ def _apply(net: NetState, grads, batch_stats, tx) -> NetState:
         batch_stats=batch_stats,
         opt_state=opt_state,
     )
+
+
+# ---- the players' objectives: pure functions of parameters and batch ---------------------
+
+
+def label_loss(train, logits, labels):
+    """The auxiliary label heads' weighted cross-entropy (TAC-GAN)."""
+    return train.aux_classifier_weight * losses.classification_loss(logits, labels)
+
+
+def generator_pass(g_params, *, apply, batch_stats, z, z2, tokens, labels, train):
+    """G's images for the captions from z, and from z2 in the same call when the mode-seeking
+    term is on -> ((images, images from z2 or None, caption-label loss), new batch_stats)."""
+    twin = z2 is not None
+    images, new_vars = apply(
+        {"params": g_params, "batch_stats": batch_stats},
+        jnp.concatenate([z, z2]) if twin else z,
+        jnp.concatenate([tokens, tokens]) if twin else tokens,
+        train=True,
+        mutable=["batch_stats", "intermediates"],
+    )
+    pair = tuple(jnp.split(images, 2)) if twin else (images, None)
+    text_loss = (
+        label_loss(train, new_vars["intermediates"]["text_class_logits"][0][: len(z)], labels)
+        if labels is not None
+        else jnp.zeros(())
+    )
+    return (*pair, text_loss), new_vars["batch_stats"]
+
+
+def encode(apply, d_params, tokens):
+    """D's caption embedding, and its label logits when the label heads are on."""
+    embedding, sown = apply(
+        {"params": d_params}, tokens, train=True, method="encode", mutable=["intermediates"]
+    )
+    return embedding, sown.get("intermediates", {}).get("text_class_logits", (None,))[0]
+
+
+def score(apply, d_params, batch_stats, images, embedding):
+    """-> (D's logits, new batch_stats, {name: what D sowed}: features, class logits)."""
+    logits, new_vars = apply(
+        {"params": d_params, "batch_stats": batch_stats},
+        images,
+        embedding,
+        train=True,
+        mutable=["batch_stats", "intermediates"],
+        method="score",
+    )
+    sown = {k: v[0] for k, v in new_vars.get("intermediates", {}).get("net", {}).items()}
+    return logits.astype(jnp.float32), new_vars["batch_stats"], sown
+
+
+def gather(x, axis_name):
+    """The rows of every device (in device order), and where this device's rows start."""
+    start = jax.lax.axis_index(axis_name) * x.shape[0]
+    return jax.lax.all_gather(x, axis_name, tiled=True), start
+
+
+def alignment(queries, keys, axis_name, temperature):
+    """Each local query should pick its own row among the keys of the whole global batch."""
+    all_keys, start = gather(keys, axis_name)
+    return losses.contrastive_loss(queries, all_keys, start, temperature)
+
+
+def discriminator_pass(
+    d_params, fake, *, apply, batch_stats, real, tokens, wrong, labels, train, axis_name
+):
+    """Both players' losses from one pass of D over real, generated and (with matching-aware
+    training) mismatched pairs -> ((d_loss, g_loss), (D's new batch_stats, metrics))."""
+    t = train
+    # Each caption batch is encoded once and shared by the passes that use it. D's running
+    # statistics follow the real batches (never used for sampling: D runs on batch stats).
+    embedding, text_logits = encode(apply, d_params, tokens)
+    real_logits, d_stats, real_features = score(apply, d_params, batch_stats, real, embedding)
+    fake_logits, _, fake_features = score(apply, d_params, batch_stats, fake, embedding)
+    wrong_logits = None
+    if wrong is not None:
+        wrong_embedding = encode(apply, d_params, wrong)[0]
+        wrong_logits = score(apply, d_params, batch_stats, real, wrong_embedding)[0]
+    d_loss = losses.discriminator_loss(
+        t.loss, real_logits, fake_logits, wrong_logits, t.mismatch_weight
+    )
+    g_loss = losses.generator_loss(t.loss, fake_logits)
+    metrics = {
+        "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),  # D's belief that reals are real
+        "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),  # ... and that fakes are real
+    }
+    if labels is not None:
+        # TAC-GAN: D's image head names the label of real images and G wants its images
+        # named as the label of their caption; D's caption head names it too.
+        d_class = label_loss(t, real_features["class_logits"], labels)
+        g_class = label_loss(t, fake_features["class_logits"], labels)
+        d_loss += d_class + label_loss(t, text_logits, labels)
+        g_loss += g_class
+        metrics.update(d_class=d_class, g_class=g_class)
+    if t.contrastive_weight > 0:
+        # D learns to tell which caption goes with which real image (both ways); G is
+        # rewarded when D would match its image to the caption it was given.
+        image, text = real_features["image_features"], real_features["text_features"]
+        temperature = t.contrastive_temperature
+        all_images, offset = gather(image, axis_name)
+        d_align = 0.5 * alignment(image, text, axis_name, temperature) + 0.5 * (
+            losses.contrastive_loss(text, all_images, offset, temperature)
+        )
+        g_align = alignment(fake_features["image_features"], text, axis_name, temperature)
+        d_loss += t.contrastive_weight * d_align
+        g_loss += t.contrastive_weight * g_align
+        metrics.update(d_align=d_align, g_align=g_align)
+    return (d_loss, g_loss), (d_stats, metrics)
+
+
+def generator_objective(fake, *, d_params, apply, batch_stats, tokens, labels, train, axis_name):
+    """G's loss on its images against D with `d_params` (alternating updates)."""
+    t = train
+    logits, _, sown = score(apply, d_params, batch_stats, fake, encode(apply, d_params, tokens)[0])
+    loss = losses.generator_loss(t.loss, logits)
+    if labels is not None:
+        loss += label_loss(t, sown["class_logits"], labels)
+    if t.contrastive_weight > 0:
+        loss += t.contrastive_weight * alignment(
+            sown["image_features"], sown["text_features"], axis_name, t.contrastive_temperature
+        )
+    return loss
+
+
+def mismatched_captions(tokens, index, axis_name):
+    """Each example's 'wrong' caption: the caption of the example whose stream index comes
+    next in the global batch (cyclically). It depends on the indices only, so any split of
+    the batch over devices and processes pairs the same examples."""
+    n = tokens.shape[0]
+    all_tokens, start = gather(tokens, axis_name)
+    all_index, _ = gather(index, axis_name)
+    order = jnp.argsort(all_index)  # rows in stream order
+    rank = jnp.argsort(order)  # each row's place in that order
+    mine = jax.lax.dynamic_slice_in_dim(rank, start, n)
+    return all_tokens[order[(mine + 1) % all_index.shape[0]]]

@@ -23,11 +23,12 @@ import jax.numpy as jnp
 import optax
 
 from mmgen_jax import elbo, losses
-from mmgen_jax.families import batches
+from mmgen_jax.data import tokenizer
+from mmgen_jax.families import base
 from mmgen_jax.models import vae as vae_lib
 
 FUSIONS = ("poe", "moe")
-PAD_ID, EOS_ID = 0, 2  # the byte tokenizer's padding and end of caption (data/tokenizer.py)
+PAD_ID, EOS_ID = tokenizer.PAD, tokenizer.EOS  # padding and end of caption
 
 
 @flax.struct.dataclass
@@ -39,12 +40,13 @@ class VAEState:
     ema_params: Any  # exponential moving average of params, used for sampling
 
 
-class VAE:
+class VAE(base.Family):
     """The family: networks and optimizer from a config, pure functions over VAEState."""
 
+    capabilities = frozenset({base.TEXT_TO_IMAGE, base.IMAGE_TO_TEXT, base.JOINT, base.RECONSTRUCT})
+
     def __init__(self, config, axis_name="data"):
-        self.config = config
-        self.axis_name = axis_name
+        super().__init__(config, axis_name)
         m, d, t = config.model, config.data, config.train
         if m.fusion not in FUSIONS:
             raise ValueError(f"config.model.fusion={m.fusion!r}: use one of {FUSIONS}")
@@ -86,7 +88,12 @@ class VAE:
 
     def device_batch(self, batch):
         """The host batch fields the step reads, in device dtypes (no int64 on device)."""
-        return batches.captioned_batch(batch, self.config)
+        return base.captioned_batch(batch, self.config)
+
+    def example_batch(self, batch_size, seed):
+        return base.synthetic_batch(
+            self.config, batch_size, seed, labels={"label": self.config.model.num_classes}
+        )
 
     # ---- posteriors and sampling helpers -------------------------------------------
     def _apply(self, params, method, *args):
@@ -104,8 +111,7 @@ class VAE:
 
     def _sample(self, key, index, mean, logvar):
         """z per example, from fold_in(key, index): independent of device count and batch."""
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
-        return jax.vmap(elbo.reparameterize)(keys, mean, logvar)
+        return jax.vmap(elbo.reparameterize)(base.example_keys(key, index), mean, logvar)
 
     # ---- the step ----------------------------------------------------------------
     def train_step(self, state: VAEState, batch):
@@ -133,10 +139,7 @@ class VAE:
         grads = jax.lax.pmean(grads, self.axis_name)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        # The EMA's decay warms up as (1 + step) / (10 + step) until it reaches ema_decay.
-        step = state.step.astype(jnp.float32)
-        decay = jnp.minimum(t.ema_decay, (1.0 + step) / (10.0 + step))
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
+        ema = base.ema_update(state.ema_params, params, state.step, t.ema_decay)
         metrics = jax.lax.pmean({**metrics, "beta": beta}, self.axis_name)
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
@@ -151,7 +154,7 @@ class VAE:
         rate = self.config.train.word_dropout
         if not rate:
             return inputs
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+        keys = base.example_keys(key, index)
         drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate, tokens.shape[1:]))(keys)
         return jnp.where(drop.at[:, 0].set(False), PAD_ID, inputs)
 
@@ -286,7 +289,7 @@ class VAE:
         if self.config.model.fusion == "poe":
             z = self._sample(key, indices, *elbo.product_of_experts(*experts))
         else:
-            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+            keys = base.example_keys(key, indices)
             pick = jax.vmap(lambda k, m, v: elbo.mixture_sample(k, m, v)[0], in_axes=(0, 1, 1))
             z = pick(keys, *experts)
         return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
@@ -295,7 +298,7 @@ class VAE:
         """Autoregressive decoding of one caption per z: greedy (temperature 0) or sampled;
         never PAD/BOS before the end, EOS forced at the last position, PAD after EOS."""
         length = self.config.data.max_text_len
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+        keys = base.example_keys(key, indices)
         carry = self._apply(params, "start_text", z)
         temperature = jnp.asarray(temperature, jnp.float32)
 

@@ -12,7 +12,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-PAD_ID = 0
+from mmgen_jax.data import tokenizer
+
+PAD_ID = tokenizer.PAD
 KINDS = ("transformer", "conv")
 
 
@@ -79,7 +81,7 @@ class TextEncoder(nn.Module):
         dtype: computation dtype; parameters stay float32 and the output is float32.
     """
 
-    vocab_size: int = 259
+    vocab_size: int = tokenizer.VOCAB_SIZE
     max_len: int = 64
     embed_dim: int = 64
     width: int = 128

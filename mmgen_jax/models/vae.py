@@ -9,10 +9,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.typing import Dtype
 
+from mmgen_jax.data import tokenizer
 from mmgen_jax.models.layers import Conv2xDown, ConvTranspose2x
 from mmgen_jax.models.text import TextEncoder
 
-BOS_ID = 1  # the byte tokenizer's start token: the caption decoder's first input
+BOS_ID = tokenizer.BOS  # the caption decoder's first input
 LOGVAR_LIMIT = 10.0  # encoders' log-variances are soft-clipped to +-this, keeping PoE finite
 
 
@@ -101,7 +102,7 @@ class CaptionDecoder(nn.Module):
     by token. z enters both the start state and every step's input.
     """
 
-    vocab_size: int = 259
+    vocab_size: int = tokenizer.VOCAB_SIZE
     embed_dim: int = 64
     hidden: int = 128
     dtype: Dtype = jnp.float32
