@@ -161,7 +161,7 @@ def prepare_command(name: str, data_dir: str, builder_kwargs: dict | None = None
 
 def _not_prepared_error(name: str, data_dir: str) -> DatasetNotPreparedError:
     cmd = " ".join(["python"] + prepare_command(name, data_dir)[1:])
-    alternative = OFFLINE_ALTERNATIVES.get(_family(name))
+    alternative = OFFLINE_ALTERNATIVES.get(builder_name(name))
     return DatasetNotPreparedError(
         f"Dataset {name!r} is not prepared in {data_dir} and is not downloaded "
         f"automatically. Prepare it once (this downloads it) with:\n  {cmd}"
@@ -207,9 +207,9 @@ def ensure_prepared(name: str, data_dir: str, builder_kwargs: dict | None = None
 def check_local_sources(name: str) -> None:
     """Raises DatasetNotPreparedError naming what to install when `name` is built from system
     files (`LOCAL_SOURCES`) that are not there."""
-    if _family(name) not in LOCAL_SOURCES:
+    if builder_name(name) not in LOCAL_SOURCES:
         return
-    module, _, function = LOCAL_SOURCES[_family(name)].partition(":")
+    module, _, function = LOCAL_SOURCES[builder_name(name)].partition(":")
     try:
         getattr(importlib.import_module(module), function)()
     except FileNotFoundError as e:
