@@ -5,8 +5,9 @@ or a statistics file (.npz with `mu` and `sigma`: one that `--save_stats` wrote,
 from `evaluation/feature_cache.py`, or pytorch-fid's). Images are read as RGB uint8, resized
 to 299x299 by the protocol in `evaluation/inception.py` (printed with the result) and read by
 the FID Inception-v3 from the converted weights (`python -m mmgen_jax.convert_inception`).
-The Fréchet distance is `metrics.frechet_distance_from_stats`. With `--json` the last line
-is {"fid": ..., "n_a": ..., "n_b": ...} (n is null for a statistics file).
+The Fréchet distance is `metrics.frechet_distance` (from the statistics when a side is a
+file). With `--json` the last line is {"fid": ..., "n_a": ..., "n_b": ...} (n is null for a
+statistics file).
 """
 
 import argparse
@@ -52,16 +53,26 @@ def folder_features(extractor, folder, chunk=256):
     return np.concatenate(parts)
 
 
-def statistics(extractor_factory, source, save_to=None):
-    """(mu, sigma, number of images or None) of a folder or a statistics file."""
+def features_or_statistics(extractor_factory, source, save_to=None):
+    """A folder's features (N, 2048), or (mu, sigma) from a statistics file."""
     if os.path.isfile(source) and source.endswith(".npz"):
-        return (*feature_cache.load_statistics(source), None)
+        return feature_cache.load_statistics(source)
     if not os.path.isdir(source):
         raise FileNotFoundError(f"{source} is neither a folder of images nor a .npz of statistics")
     features = folder_features(extractor_factory(), source)
     if save_to:
         feature_cache.save(save_to, features)
-    return (*metrics.statistics(features), len(features))
+    return features
+
+
+def fid_of(a, b):
+    """FID of two feature sets, or of statistics (mu, sigma) on either side."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return metrics.frechet_distance(a, b)  # fast when a set is smaller than 2048
+    stats = [metrics.statistics(s) if isinstance(s, np.ndarray) else s for s in (a, b)]
+    if stats[0][0].shape != stats[1][0].shape:
+        raise ValueError(f"statistics of dimensions {stats[0][0].shape} and {stats[1][0].shape}")
+    return metrics.frechet_distance_from_stats(*stats[0], *stats[1])
 
 
 def main(argv=None):
@@ -84,13 +95,12 @@ def main(argv=None):
         return made[0]
 
     try:
-        mu_a, sigma_a, n_a = statistics(extractor, args.a, args.save_stats)
-        mu_b, sigma_b, n_b = statistics(extractor, args.b)
-        if mu_a.shape != mu_b.shape:
-            raise ValueError(f"statistics of different dimensions: {mu_a.shape} and {mu_b.shape}")
-        fid = metrics.frechet_distance_from_stats(mu_a, sigma_a, mu_b, sigma_b)
+        a = features_or_statistics(extractor, args.a, args.save_stats)
+        b = features_or_statistics(extractor, args.b)
+        fid = fid_of(a, b)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"FATAL: {e}") from None
+    n_a, n_b = (len(s) if isinstance(s, np.ndarray) else None for s in (a, b))
     print(f"FID {fid:.4f}  (A: {n_a or 'statistics'} images, B: {n_b or 'statistics'} images)")
     print(f"resize: {inception.RESIZE_PROTOCOL}")
     if args.json:

@@ -26,6 +26,18 @@ def test_frechet_distance_matches_scipy_sqrtm_reference():
     assert metrics.frechet_distance(x, y) == pytest.approx(reference, rel=1e-9)
 
 
+@pytest.mark.parametrize("n, m", [(30, 20), (20, 300)])
+def test_frechet_distance_with_fewer_samples_than_dimensions_equals_the_stats_formula(n, m):
+    # The singular-value form used when a set is smaller than the dimension (as 1,000
+    # Inception features of 2,048 are) gives the eigendecomposition form's value.
+    rng = np.random.default_rng(4)
+    x, y = _gaussian(rng, n, 40, 1.0), _gaussian(rng, m, 40, 0.7)
+    x_stats, y_stats = metrics.statistics(x), metrics.statistics(y)
+    want = metrics.frechet_distance_from_stats(*x_stats, *y_stats)
+    # (the eigen form carries ~1e-8 noise: square roots of its rounding-level eigenvalues)
+    assert metrics.frechet_distance(x, y) == pytest.approx(want, rel=1e-7)
+
+
 def test_frechet_distance_identical_sets_is_zero():
     x = _gaussian(np.random.default_rng(1), 200, 16, 1.0)
     assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)

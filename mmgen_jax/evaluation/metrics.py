@@ -49,8 +49,24 @@ def statistics(x):
 
 
 def frechet_distance(x, y):
-    """Fréchet distance between Gaussians fitted to feature sets x (N, D) and y (M, D)."""
-    return frechet_distance_from_stats(*statistics(x), *statistics(y))
+    """Fréchet distance between Gaussians fitted to feature sets x (N, D) and y (M, D).
+
+    With fewer samples than dimensions on a side (e.g. 1,000 Inception features of 2,048),
+    the same number comes from the samples, without D x D eigendecompositions (tens of
+    seconds each at D = 2048 on a CPU): with A, B the centred sets, S1 S2 = A'A B'B / c has
+    the nonzero eigenvalues of (A B')(A B')' / c, so tr((S1 S2)^(1/2)) is the sum of the
+    singular values of the N x M matrix A B', over sqrt(c), c = (N - 1)(M - 1).
+    """
+    x, y = _features(x, "x", 2), _features(y, "y", 2)
+    if min(len(x), len(y)) > x.shape[1]:
+        return frechet_distance_from_stats(*statistics(x), *statistics(y))
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    a, b = x - mu_x, y - mu_y
+    c = (len(x) - 1) * (len(y) - 1)
+    trace_sqrt = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(c)
+    traces = (a * a).sum() / (len(x) - 1) + (b * b).sum() / (len(y) - 1)
+    diff = mu_x - mu_y
+    return float(max(diff @ diff + traces - 2 * trace_sqrt, 0.0))
 
 
 # Kernel and distance matrices are built this many entries at a time (256 MB in float64):
