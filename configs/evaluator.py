@@ -65,4 +65,11 @@ def _smoke(c):
     c.train.eval_examples = 64
 
 
-VARIANTS = {"smoke": _smoke}
+def _fashion_mnist(c):
+    """Fashion-MNIST (apt-get install dataset-fashion-mnist): one head, the class."""
+    c.data.name = "fashion_mnist_captions"
+    c.model.heads = ml_collections.ConfigDict({"label": 10})
+    c.model.colour_invariant_heads = ()
+
+
+VARIANTS = {"smoke": _smoke, "fashion_mnist": _fashion_mnist}

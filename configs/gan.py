@@ -129,6 +129,14 @@ def _mnist(c):
     c.model.num_classes = 10
 
 
+def _fashion_mnist(c):
+    """Fashion-MNIST, 32x32 RGB, captions from the class names; prepared offline from the
+    Debian package (apt-get install dataset-fashion-mnist; data/fashion_mnist_captions.py)."""
+    c.data.name = "fashion_mnist_captions"
+    c.model.num_classes = 10
+    c.eval.best_metric = "fd_fashion"  # the domain evaluator trained on it (tag "fashion")
+
+
 def _coco_captions(c):
     """COCO 2014 images, centre-cropped to 64x64, each with one of its ~5 real captions."""
     c.data.name = "coco_captions/2014"  # explicit config: it names the prepared directory
@@ -146,4 +154,5 @@ VARIANTS = {
     "cifar10": _cifar10,
     "mnist": _mnist,
     "coco_captions": _coco_captions,
+    "fashion_mnist": _fashion_mnist,
 }

@@ -94,4 +94,18 @@ def _moe(c):
     c.model.fusion = "moe"
 
 
-VARIANTS = {"smoke": _smoke, "poe": _poe, "moe": _moe, "minilm": common.minilm}
+def _fashion_mnist(c):
+    """Fashion-MNIST, 32x32 RGB, captions from the class names; prepared offline from the
+    Debian package (apt-get install dataset-fashion-mnist; data/fashion_mnist_captions.py)."""
+    c.data.name = "fashion_mnist_captions"
+    c.model.num_classes = 10
+    c.eval.best_metric = "fd_fashion"  # the domain evaluator trained on it (tag "fashion")
+
+
+VARIANTS = {
+    "smoke": _smoke,
+    "poe": _poe,
+    "moe": _moe,
+    "minilm": common.minilm,
+    "fashion_mnist": _fashion_mnist,
+}

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 
 from mmgen_jax import parallel
-from mmgen_jax.evaluation import captions, extractors, metrics, settings
+from mmgen_jax.evaluation import captions, extractors, feature_cache, metrics, settings
 
 
 def _gaussian(rng, n, dim, scale):
@@ -24,6 +24,18 @@ def test_frechet_distance_matches_scipy_sqrtm_reference():
         s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2))
     )
     assert metrics.frechet_distance(x, y) == pytest.approx(reference, rel=1e-9)
+
+
+@pytest.mark.parametrize("n, m", [(30, 20), (20, 300)])
+def test_frechet_distance_with_fewer_samples_than_dimensions_equals_the_stats_formula(n, m):
+    # The singular-value form used when a set is smaller than the dimension (as 1,000
+    # Inception features of 2,048 are) gives the eigendecomposition form's value.
+    rng = np.random.default_rng(4)
+    x, y = _gaussian(rng, n, 40, 1.0), _gaussian(rng, m, 40, 0.7)
+    x_stats, y_stats = metrics.statistics(x), metrics.statistics(y)
+    want = metrics.frechet_distance_from_stats(*x_stats, *y_stats)
+    # (the eigen form carries ~1e-8 noise: square roots of its rounding-level eigenvalues)
+    assert metrics.frechet_distance(x, y) == pytest.approx(want, rel=1e-7)
 
 
 def test_frechet_distance_identical_sets_is_zero():
@@ -139,28 +151,83 @@ def test_extractor_registry_and_clear_failures(tmp_path):
     s.evaluator_workdir = str(tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="configs/evaluator.py --workdir="):
         extractors.get("evaluator", s)
-    with pytest.raises(ValueError, match="set eval.extractor_file"):
-        extractors.get("inception_v3", s)
-    s.extractor_file = str(tmp_path / "missing.bin")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        extractors.get("inception_v3", s)
-    (tmp_path / "junk.bin").write_bytes(b"not an export")
-    s.extractor_file = str(tmp_path / "junk.bin")
-    with pytest.raises(ValueError, match="is not a jax.export serialisation"):
-        extractors.get("inception_v3", s)
+    # inception_v3's own failures (no converted weights, ...): tests/test_inception.py
 
 
-def test_exported_feature_function_is_loaded_and_applied(tmp_path):
-    # Any jax.export file of the documented signature loads (here a stand-in, not Inception).
-    projection = np.random.default_rng(6).normal(size=(3, 5)).astype(np.float32)
-    features = lambda images: jnp.mean(images, (1, 2)) @ projection
-    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, 16, 16, 3"), jnp.float32)
-    (tmp_path / "f.bin").write_bytes(jax.export.export(jax.jit(features))(spec).serialize())
-    s = settings.defaults()
-    s.extractor_file, s.batch_size = str(tmp_path / "f.bin"), 4
-    extractor = extractors.get("inception_v3", s)
-    images = np.random.default_rng(7).uniform(-1, 1, size=(6, 32, 32, 3)).astype(np.float32)
-    got, predicted = extractor(images)
-    resized = jax.image.resize(images, (6, 16, 16, 3), "bilinear")
-    np.testing.assert_allclose(got, features(resized), rtol=1e-5, atol=1e-6)
-    assert predicted == {} and extractor.tag == "inception"
+class _CountingExtractor:
+    """A stand-in feature network that counts the images it reads."""
+
+    def __init__(self, key="stand-in"):
+        self.key, self.read = key, 0
+
+    def cache_key(self):
+        return self.key
+
+    def __call__(self, images):
+        self.read += len(images)
+        return np.asarray(images, np.float32).reshape(len(images), -1)[:, :4] * 2, {}
+
+
+def test_feature_cache_computes_a_split_once_and_stores_its_statistics(tmp_path):
+    images = np.random.default_rng(9).uniform(-1, 1, (6, 2, 2, 3))
+    extractor = _CountingExtractor()
+    path = feature_cache.path_for(extractor, "data/set:1", "test", 6, 32, str(tmp_path))
+    assert path == str(tmp_path / "stand-in_data-set-1_test_6_32.npz")
+    first = feature_cache.features(extractor, images, path)
+    again = feature_cache.features(extractor, images, path)
+    assert extractor.read == 6  # the second call read the file
+    np.testing.assert_array_equal(first, again)
+    mu, sigma = feature_cache.load_statistics(path)
+    np.testing.assert_allclose(mu, first.astype(np.float64).mean(0))
+    np.testing.assert_allclose(sigma, np.cov(first, rowvar=False))
+    # Not cacheable (the domain evaluator): computed every time.
+    assert feature_cache.path_for(_CountingExtractor(None), "d", "test", 6, 32) is None
+    np.savez(tmp_path / "other.npz", features=first)
+    with pytest.raises(ValueError, match="not FID statistics"):
+        feature_cache.load_statistics(str(tmp_path / "other.npz"))
+
+
+def _unblocked_precision_recall(real, fake, k):
+    """The textbook form, with the whole distance matrices (fine at this size)."""
+    d = lambda a, b: np.sqrt(np.clip(((a[:, None] - b[None]) ** 2).sum(-1), 0, None))
+    real_radii, fake_radii = np.sort(d(real, real), 1)[:, k], np.sort(d(fake, fake), 1)[:, k]
+    cross = d(fake, real)
+    precision = (cross <= real_radii[None, :]).any(1).mean()
+    recall = (cross <= fake_radii[:, None]).any(0).mean()
+    return precision, recall
+
+
+def _unblocked_mmd2(x, y):
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1.0) ** 3
+    m = len(x)
+    k_xx, k_yy = k(x, x), k(y, y)
+    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return within - 2 * k(x, y).mean()
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, None])
+def test_blocked_kid_and_precision_recall_equal_the_unblocked_formulas(block_rows):
+    rng = np.random.default_rng(12)
+    real, fake = rng.normal(size=(40, 6)), rng.normal(0.3, 1.2, size=(40, 6))
+    want = _unblocked_precision_recall(real, fake, 3)
+    assert metrics.precision_recall(real, fake, 3, block_rows) == pytest.approx(want, abs=0)
+    got = metrics.mmd2_unbiased(real, fake, block_rows)
+    assert got == pytest.approx(_unblocked_mmd2(real, fake), rel=1e-9, abs=1e-12)
+
+
+def test_kid_and_precision_recall_never_hold_a_full_matrix(monkeypatch):
+    import tracemalloc
+
+    # 2,000 x 2,000 float64 matrices are 32 MB; blocks of 2^17 entries are 1 MB.
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 2**17)
+    rng = np.random.default_rng(13)
+    real, fake = rng.normal(size=(2000, 8)), rng.normal(0.1, 1.0, size=(2000, 8))
+    tracemalloc.start()
+    try:
+        precision, recall = metrics.precision_recall(real, fake, 3)
+        kid, _ = metrics.kernel_inception_distance(real, fake, num_subsets=1, subset_size=2000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2000 * 2000 * 8 / 4  # a quarter of one full matrix (measured: 3.2 MB)
+    assert 0.5 < precision <= 1 and 0.5 < recall <= 1 and kid > 0

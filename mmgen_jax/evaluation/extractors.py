@@ -4,29 +4,32 @@
                 of an attribute classifier trained on the run's dataset, plus its attribute
                 predictions (text->image consistency). Metric names end in the dataset's tag,
                 e.g. `fd_digits`: these are not FID numbers.
-  inception_v3  standard FID features, from a file the user supplies (no weights can be
-                downloaded here). The file holds a feature function serialised with
-                `jax.export` (see `ExportedFeatures`); metric names end in `inception`.
+  inception_v3  standard FID features: the FID Inception-v3's pool3 (`evaluation/inception.py`),
+                from the weights `python -m mmgen_jax.convert_inception` writes (default
+                path, or eval.extractor_file); metric names end in `inception`.
 
 `get(name, settings)` returns an extractor: `extractor(images)` maps float images in [-1, 1]
 (N, H, W, 3) to (features (N, D) float32, {attribute: predicted class (N,)}); `tag` names
-its metrics and `describe()` is recorded beside the numbers.
+its metrics and `describe()` is recorded beside the numbers; `normalise_features` says
+whether distances are taken on features rescaled to unit mean square (see `suite.Suite`), and
+`cache_key()` names the network for cached real-split features (None: never cached).
 """
 
 import json
 import os
-import re
 
-import jax
 import numpy as np
 
 from mmgen_jax import parallel, runs
+from mmgen_jax.evaluation import inception
 
 EVALUATOR_COMMAND = "python -m mmgen_jax.main --config=configs/evaluator.py --workdir={workdir}"
 
 
 class DomainEvaluator:
     """The attribute classifier trained in `workdir` (family 'evaluator')."""
+
+    normalise_features = True  # its feature scale is set by training, not by a standard
 
     def __init__(self, workdir, batch_size=256):
         self.workdir = os.path.abspath(workdir)
@@ -54,6 +57,9 @@ class DomainEvaluator:
     def __call__(self, images):
         return self._map(self.variables, np.asarray(images, np.float32), batch_size=self.batch_size)
 
+    def cache_key(self):
+        return None  # retrained per dataset and run: its features are never reused
+
     def describe(self):
         path = os.path.join(self.workdir, "accuracy.json")
         accuracy = None
@@ -79,104 +85,11 @@ class DomainEvaluator:
             )
 
 
-class ExportedFeatures:
-    """A feature function from a file written with `jax.export` (e.g. Inception-v3 pool3).
-
-    The file is `jax.export.export(jax.jit(f))(spec).serialize()` for a function
-    `f(images) -> features (N, D)` taking float32 images (N, S, S, 3) in [-1, 1], N fixed or
-    symbolic. Images are resized bilinearly to S x S first. For FID, `f` is Inception-v3
-    up to its 2048-d average pool, e.g. a JAX/Flax port of the FID network (the 2015-12-05
-    TensorFlow graph that TTUR and pytorch-fid use) wrapped so it takes [-1, 1] inputs.
-    """
-
-    tag = "inception"
-    heads: dict = {}  # noqa: RUF012 (no attribute predictions)
-
-    def __init__(self, path, batch_size=256):
-        if not path:
-            raise ValueError(
-                "eval.extractor='inception_v3' needs the Inception-v3 feature function as a "
-                "file: set eval.extractor_file (evaluate: --extractor_file) to a jax.export "
-                "file (see README 'Evaluation'), or use eval.extractor='evaluator'"
-            )
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"eval.extractor_file {path} does not exist; it must be a jax.export file "
-                f"of an Inception-v3 feature function (see README 'Evaluation')"
-            )
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            self.exported = jax.export.deserialize(bytearray(data))
-        except Exception as e:  # any parse failure means the same to a user
-            raise ValueError(
-                f"{path} is not a jax.export serialisation ({type(e).__name__}: {e}); write "
-                f"it with jax.export.export(jax.jit(f))(spec).serialize()"
-            ) from e
-        _check_custom_calls(self.exported, path)
-        (spec,) = self.exported.in_avals
-        if len(spec.shape) != 4 or spec.shape[3] != 3:
-            raise ValueError(f"{path} takes inputs of shape {spec.shape}; need (N, S, S, 3)")
-        self.path = os.path.abspath(path)
-        self.size = int(spec.shape[1])
-        # A fixed batch dimension is the batch we feed; a symbolic one takes ours.
-        self.batch = spec.shape[0] if isinstance(spec.shape[0], int) else batch_size
-        self._jitted = jax.jit(self._features)
-
-    def _features(self, images):
-        size = (images.shape[0], self.size, self.size, 3)
-        return self.exported.call(jax.image.resize(images, size, "bilinear"))
-
-    def __call__(self, images):
-        images = np.asarray(images, np.float32)
-        feats = [
-            np.asarray(self._batched(images[i : i + self.batch]))
-            for i in range(0, len(images), self.batch)
-        ]
-        return np.concatenate(feats).astype(np.float32), {}
-
-    def _batched(self, rows):
-        real = len(rows)
-        rows = np.concatenate([rows, np.repeat(rows[-1:], self.batch - real, 0)])
-        return self._jitted(rows)[:real]
-
-    def describe(self):
-        return {"name": "inception_v3", "file": self.path, "input_size": self.size}
-
-
-# The only custom calls a feature function needs: shape checks of a symbolic batch and
-# sharding annotations. Any other target runs native code of its own (host callbacks, Pallas
-# or Triton kernels, LAPACK), which a file from elsewhere must not bring in.
-ALLOWED_CUSTOM_CALLS = frozenset(
-    {"shape_assertion", "Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape"}
-)
-# `stablehlo.custom_call @target(` (pretty form) or `call_target_name = "target"` (generic).
-_CUSTOM_CALL = re.compile(
-    r'stablehlo\.custom_call\s*@"?([^\s"(]+)'
-    r'|stablehlo\.custom_call"\s*\(.*?call_target_name\s*=\s*"([^"]*)"'
-)
-
-
-def _check_custom_calls(exported, path):
-    """Refuses an exported module that calls a custom-call target not on the allow-list."""
-    text = exported.mlir_module()
-    found = _CUSTOM_CALL.findall(text)
-    targets = {a or b for a, b in found}
-    # Source locations may hold the words (a function name); the op's full name is counted.
-    if text.count("stablehlo.custom_call") > len(found):  # a form the pattern cannot read
-        targets.add("<unreadable target>")
-    refused = sorted(targets - ALLOWED_CUSTOM_CALLS)
-    if refused:
-        raise ValueError(
-            f"{path} calls custom-call targets {refused}, which run native code of their own; "
-            f"an extractor file may only use {sorted(ALLOWED_CUSTOM_CALLS)}: export the "
-            f"feature function from plain JAX operations"
-        )
-
-
 REGISTRY = {
     "evaluator": lambda settings: DomainEvaluator(settings.evaluator_workdir, settings.batch_size),
-    "inception_v3": lambda settings: ExportedFeatures(settings.extractor_file, settings.batch_size),
+    "inception_v3": lambda settings: inception.InceptionFeatures(
+        settings.extractor_file, settings.batch_size
+    ),
 }
 
 

@@ -1,9 +1,10 @@
 """Distances between two sets of features, and text->image attribute consistency.
 
-Pure functions of numpy arrays. They run in float64 numpy rather than jitted JAX: the sets
-are a few thousand 128-d vectors, so the work is a few milliseconds to seconds, and these
+Pure functions of numpy arrays. They run in float64 numpy rather than jitted JAX: these
 metrics subtract large nearly equal sums (Fréchet distance, unbiased MMD), where float32
-(JAX's default) loses the digits that matter.
+(JAX's default) loses the digits that matter. Sample-by-sample matrices (KID's kernels, the
+k-NN distances of precision/recall) are built in row blocks of at most BLOCK_ELEMENTS entries,
+so 50,000 samples per side need a few hundred MB, not 20 GB.
 """
 
 import numpy as np
@@ -41,12 +42,43 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2):
     return float(max(fd, 0.0))  # identical sets give 0 up to rounding, never below
 
 
+def statistics(x):
+    """(mean, covariance) of a feature set x (N, D) in float64: the Gaussian FID fits."""
+    x = _features(x, "features", 2)
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
 def frechet_distance(x, y):
-    """Fréchet distance between Gaussians fitted to feature sets x (N, D) and y (M, D)."""
+    """Fréchet distance between Gaussians fitted to feature sets x (N, D) and y (M, D).
+
+    With fewer samples than dimensions on a side (e.g. 1,000 Inception features of 2,048),
+    the same number comes from the samples, without D x D eigendecompositions (tens of
+    seconds each at D = 2048 on a CPU): with A, B the centred sets, S1 S2 = A'A B'B / c has
+    the nonzero eigenvalues of (A B')(A B')' / c, so tr((S1 S2)^(1/2)) is the sum of the
+    singular values of the N x M matrix A B', over sqrt(c), c = (N - 1)(M - 1).
+    """
     x, y = _features(x, "x", 2), _features(y, "y", 2)
-    return frechet_distance_from_stats(
-        x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
-    )
+    if min(len(x), len(y)) > x.shape[1]:
+        return frechet_distance_from_stats(*statistics(x), *statistics(y))
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    a, b = x - mu_x, y - mu_y
+    c = (len(x) - 1) * (len(y) - 1)
+    trace_sqrt = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(c)
+    traces = (a * a).sum() / (len(x) - 1) + (b * b).sum() / (len(y) - 1)
+    diff = mu_x - mu_y
+    return float(max(diff @ diff + traces - 2 * trace_sqrt, 0.0))
+
+
+# Kernel and distance matrices are built this many entries at a time (256 MB in float64):
+# 50,000 x 50,000 samples would need 20 GB at once.
+BLOCK_ELEMENTS = 2**25
+
+
+def _row_blocks(n_rows, n_cols, block_rows=None):
+    """Slices cutting n_rows into blocks of `block_rows` (default: BLOCK_ELEMENTS entries of a
+    row block against n_cols columns)."""
+    step = block_rows or max(1, BLOCK_ELEMENTS // max(n_cols, 1))
+    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
 
 
 def _polynomial_kernel(a, b):
@@ -54,12 +86,22 @@ def _polynomial_kernel(a, b):
     return (a @ b.T / a.shape[1] + 1.0) ** 3
 
 
-def mmd2_unbiased(x, y):
-    """Unbiased MMD^2 between samples x (m, D) and y (m, D) under the polynomial kernel."""
+def _kernel_sum(a, b, block_rows=None):
+    """Sum of all entries of the kernel matrix k(a, b), built one row block at a time."""
+    return sum(
+        _polynomial_kernel(a[rows], b).sum() for rows in _row_blocks(len(a), len(b), block_rows)
+    )
+
+
+def mmd2_unbiased(x, y, block_rows=None):
+    """Unbiased MMD^2 between samples x (m, D) and y (m, D) under the polynomial kernel.
+
+    The kernel matrices are summed in row blocks (`block_rows`, default from
+    BLOCK_ELEMENTS), never held whole."""
     m = len(x)
-    k_xx, k_yy, k_xy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
-    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
-    return float(within - 2.0 * k_xy.mean())
+    trace = lambda a: np.sum(((a * a).sum(1) / a.shape[1] + 1.0) ** 3)  # k(a_i, a_i)
+    within = _kernel_sum(x, x, block_rows) - trace(x) + _kernel_sum(y, y, block_rows) - trace(y)
+    return float(within / (m * (m - 1)) - 2.0 * _kernel_sum(x, y, block_rows) / (m * m))
 
 
 def kernel_inception_distance(x, y, num_subsets=50, subset_size=500, seed=0):
@@ -89,23 +131,40 @@ def _pairwise_distances(a, b):
     return np.sqrt(np.clip(squared, 0, None))
 
 
-def _knn_radii(x, k):
-    """Distance of each row of x to its k-th nearest other row."""
-    distances = _pairwise_distances(x, x)
-    return np.sort(distances, axis=1)[:, k]  # column 0 is the row itself (distance 0)
+def _knn_radii(x, k, block_rows=None):
+    """Distance of each row of x to its k-th nearest other row (column 0 of the sorted
+    distances is the row itself, at distance 0)."""
+    return np.concatenate(
+        [
+            # copied: a view would keep each whole block alive until the end
+            np.partition(_pairwise_distances(x[rows], x), k, axis=1)[:, k].copy()
+            for rows in _row_blocks(len(x), len(x), block_rows)
+        ]
+    )
 
 
-def precision_recall(real, fake, k=3):
+def _inside(points, centres, radii, block_rows=None):
+    """For each point: is it within radii[j] of some centre j? (row blocks of points)"""
+    return np.concatenate(
+        [
+            (_pairwise_distances(points[rows], centres) <= radii[None, :]).any(axis=1)
+            for rows in _row_blocks(len(points), len(centres), block_rows)
+        ]
+    )
+
+
+def precision_recall(real, fake, k=3, block_rows=None):
     """Improved precision and recall (Kynkäänniemi et al., 2019) with k-NN manifolds.
 
     Each set's manifold is the union of balls around its samples reaching their k-th nearest
     neighbour. Precision: share of fakes inside the real manifold (are fakes realistic?).
     Recall: share of reals inside the fake manifold (is the real variety covered?).
+    Distances are taken in row blocks (`block_rows`, default from BLOCK_ELEMENTS), so memory
+    grows with the number of samples, not its square.
     """
     real, fake = _features(real, "real", k + 1), _features(fake, "fake", k + 1)
-    cross = _pairwise_distances(fake, real)  # (fakes, reals)
-    precision = np.mean((cross <= _knn_radii(real, k)[None, :]).any(axis=1))
-    recall = np.mean((cross <= _knn_radii(fake, k)[:, None]).any(axis=0))
+    precision = np.mean(_inside(fake, real, _knn_radii(real, k, block_rows), block_rows))
+    recall = np.mean(_inside(real, fake, _knn_radii(fake, k, block_rows), block_rows))
     return float(precision), float(recall)
 
 

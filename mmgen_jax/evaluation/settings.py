@@ -18,7 +18,9 @@ def defaults() -> ml_collections.ConfigDict:
     # the current directory.
     e.evaluator_workdir = "runs/evaluator"
     e.extractor = "evaluator"  # feature network for FD/KID/P-R: "evaluator" or "inception_v3"
-    e.extractor_file = ""  # inception_v3: the user's exported feature function (see README)
+    # inception_v3: the converted weights (python -m mmgen_jax.convert_inception); "" = its
+    # default output, ~/.cache/mmgen_jax/inception_fid.npz
+    e.extractor_file = ""
     e.num_samples = 1800  # evaluate: test captions (and real test images) used, at most all
     e.train_num_samples = 1000  # the same during training (every train.eval_every steps)
     e.reference_split = "train"  # real images of the reference row, compared with real test

@@ -9,7 +9,7 @@ import numpy as np
 
 from mmgen_jax import parallel, runs, writers
 from mmgen_jax.data import domains, pipeline, tokenizer
-from mmgen_jax.evaluation import captions, extractors, metrics
+from mmgen_jax.evaluation import captions, extractors, feature_cache, metrics
 from mmgen_jax.families import base
 
 
@@ -65,12 +65,21 @@ class Suite:
                 f"{settings.kid_subset_size}: lower it (or raise the number of samples)"
             )
         self.targets = {h: self.test[h] for h in self.judge.heads}
-        real_features, _ = self.extractor(self.test["image"])
-        # Distances are taken on features scaled so that the real test features have unit
-        # mean square per dimension: KID's kernel (x.y / dim + 1)^3 assumes O(1) features
-        # (on raw ReLU features, of a scale set by training, its subset std exceeded its
-        # mean), and the numbers stay comparable between evaluators. P/R do not change.
-        self.feature_scale = float(np.sqrt(np.mean(np.square(real_features))))
+        real_features = feature_cache.features(
+            self.extractor,
+            self.test["image"],
+            self._cache_path(run_config.data.eval_split, self.num),
+        )
+        # Domain-evaluator distances are taken on features scaled so that the real test
+        # features have unit mean square per dimension: KID's kernel (x.y / dim + 1)^3 assumes
+        # O(1) features (on raw ReLU features, of a scale set by training, its subset std
+        # exceeded its mean), and the numbers stay comparable between evaluators. P/R do not
+        # change. Inception features stay raw: FID and KID are defined on them.
+        self.feature_scale = (
+            float(np.sqrt(np.mean(np.square(real_features))))
+            if self.extractor.normalise_features
+            else 1.0
+        )
         self.real_features = real_features / self.feature_scale
         self._generators = {}  # family -> compiled BatchedMap, reused between calls
 
@@ -83,11 +92,21 @@ class Suite:
             names += ["consistency_seen", "consistency_held_out"]
         return names
 
-    def read(self, images):
-        """(features in the distance space, evaluator's attribute predictions)."""
-        features, predicted = self.extractor(images)
+    def _cache_path(self, split, num):
+        """Where the extractor's features of `num` real `split` images are cached (or None)."""
+        d = self.config.data
+        return feature_cache.path_for(self.extractor, d.name, split, num, d.image_size)
+
+    def read(self, images, real_split=None):
+        """(features in the distance space, evaluator's attribute predictions); images of a
+        real `real_split` take their features from the cache when it holds them."""
+        path = None if real_split is None else self._cache_path(real_split, len(images))
+        if path is None:
+            features, predicted = self.extractor(images)
+        else:
+            features, predicted = feature_cache.features(self.extractor, images, path), None
         features = features / self.feature_scale
-        if self.judge is not self.extractor:
+        if predicted is None or self.judge is not self.extractor:
             _, predicted = self.judge(images)
         return features, predicted
 
@@ -155,7 +174,7 @@ class Suite:
     def reference(self, split):
         """The ceiling: real images of `split` measured as if they were generated."""
         real = load_split(self.config, split, self.num, self.data_dir)
-        features, predicted = self.read(real["image"])
+        features, predicted = self.read(real["image"], real_split=split)
         targets = {h: real[h] for h in self.judge.heads}
         return {
             **self.distances(features),
