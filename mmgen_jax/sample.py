@@ -28,6 +28,7 @@ whatever the batch size.
 
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -97,14 +98,15 @@ flags.DEFINE_integer(
 flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
-# Sampling controls a family offers over its noise (families declare them; see GAN).
-NOISE_CONTROLS = ("truncation", "interpolate")
+def _tokenizer(family):
+    """The tokenizer the run's captions were encoded with (data.tokenizer)."""
+    return tokenizer.by_name(family.config.data.get("tokenizer", "bytes"))
 
 
 def generate(family, variables, captions, max_text_len, seed=0, batch_size=256, truncation=0.0):
     """uint8 images (N, H, W, 3) for N captions; image i uses noise index i, truncated to
     [-truncation, truncation] per component when it is > 0."""
-    tokens = tokenizer.encode_batch(captions, max_text_len)
+    tokens = _tokenizer(family).encode_batch(captions, max_text_len)
     if not truncation:
         images = generate_from_tokens(family, variables, tokens, seed, batch_size)
     else:
@@ -139,7 +141,7 @@ def interpolation_rows(family, variables, captions, max_text_len, seeds, steps, 
     t = np.linspace(0.0, 1.0, steps)
     index = np.zeros(1, np.uint32)
     z_a, z_b = (family.noise(jax.random.PRNGKey(s), index, truncation)[0] for s in seeds)
-    tokens = tokenizer.encode_batch(captions, max_text_len)
+    tokens = _tokenizer(family).encode_batch(captions, max_text_len)
     embedded = np.asarray(family.embed(variables, tokens))
     z_walk = slerp(z_a, z_b, t)
     rows = [family.draw(variables, z_walk, np.repeat(embedded[:1], steps, axis=0))]
@@ -166,12 +168,12 @@ def describe(family, variables, images, seed=0, batch_size=256, temperature=0.0)
         len(images),
         batch_size,
     )
-    return [tokenizer.decode(t) for t in tokens]
+    decode = _tokenizer(family).decode
+    return [decode(t) for t in tokens]
 
 
-def read_images(images_dir, image_size):
-    """(file names, float images (N, S, S, 3) in [-1, 1]) of the PNG/JPEG files in a folder,
-    converted to RGB and centre-cropped/resized as training data are."""
+def image_names(images_dir):
+    """The PNG/JPEG file names of a folder, sorted; a clear error if there are none."""
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"--images_dir={images_dir} is not a folder of images")
     names = sorted(
@@ -179,14 +181,35 @@ def read_images(images_dir, image_size):
     )
     if not names:
         raise ValueError(f"{images_dir} holds no .png/.jpg/.jpeg files")
-    images = []
-    for name in names:
+    return names
+
+
+def read_images(images_dir, image_size):
+    """(file names, float images (N, S, S, 3) in [-1, 1]) of the PNG/JPEG files in a folder,
+    converted to RGB and centre-cropped/resized as training data are. Files that do not
+    decode (truncated, not an image, over PIL's decompression-bomb limit) are skipped with a
+    warning each and a count."""
+    names, images, skipped = [], [], 0
+    for name in image_names(images_dir):
         try:
             with Image.open(os.path.join(images_dir, name)) as im:
                 array = np.asarray(im.convert("RGB"))
-        except OSError as e:
-            raise ValueError(f"{images_dir}/{name} is not a readable image ({e})") from e
+        # DecompressionBombError is not an OSError; broken PNG chunks raise SyntaxError.
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            print(
+                f"warning: skipped {images_dir}/{name}: not a readable image ({e})", file=sys.stderr
+            )
+            skipped += 1
+            continue
+        names.append(name)
         images.append(pipeline.preprocess({"image": array}, image_size, 1)["image"])
+    if skipped:
+        print(
+            f"warning: skipped {skipped} of {skipped + len(names)} files in {images_dir}",
+            file=sys.stderr,
+        )
+    if not names:
+        raise ValueError(f"no file in {images_dir} is a readable image (all {skipped} skipped)")
     return names, np.stack(images)
 
 
@@ -202,6 +225,7 @@ def eval_examples(config, num=None):
         num=num or 2**31 - 1,
         builder_kwargs=pipeline.builder_kwargs(d),
         at_most=True,
+        tokenizer_name=d.get("tokenizer", "bytes"),
     )
 
 
@@ -246,6 +270,8 @@ def main(argv):
         raise app.UsageError("--captions_file needs --out_dir")
     if FLAGS.caption and not FLAGS.out:
         raise app.UsageError("--caption needs --out")
+    # The captions are checked before the checkpoint loads: a bad file fails at once.
+    captions = read_captions(FLAGS.captions_file) if FLAGS.captions_file else None
     config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
     _require(family, config, "text2image")
     if FLAGS.truncation:
@@ -253,7 +279,6 @@ def main(argv):
     max_len = config.data.max_text_len
     options = {"seed": FLAGS.seed, "batch_size": FLAGS.batch_size, "truncation": FLAGS.truncation}
     if FLAGS.captions_file:
-        captions = read_captions(FLAGS.captions_file)
         images = generate(family, variables, captions, max_len, **options)
         write_folder(FLAGS.out_dir, images, [{"caption": c} for c in captions])
     else:
@@ -335,11 +360,14 @@ def sample_vae(mode):
     images and captions."""
     if not FLAGS.out_dir:
         raise app.UsageError(f"--mode={mode} needs --out_dir")
+    if mode == "image2text" and FLAGS.images_dir:
+        image_names(FLAGS.images_dir)  # a wrong folder fails before the checkpoint loads
     config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
     _require(family, config, mode)
     if FLAGS.truncation:
         _require_control(family, config, "truncation")
     key, size = jax.random.PRNGKey(FLAGS.seed), FLAGS.batch_size
+    decode = tokenizer.by_name(config.data.get("tokenizer", "bytes")).decode
     if mode == "image2text":
         if FLAGS.images_dir:
             names, images = read_images(FLAGS.images_dir, config.data.image_size)
@@ -354,7 +382,7 @@ def sample_vae(mode):
         images, tokens = batched(
             lambda s, i: family.joint(s[0], s[1], i), (variables, key), [], FLAGS.num, size
         )
-        write_folder(FLAGS.out_dir, images, [{"caption": tokenizer.decode(t)} for t in tokens])
+        write_folder(FLAGS.out_dir, images, [{"caption": decode(t)} for t in tokens])
     else:  # reconstruct
         examples = eval_examples(config, FLAGS.num)
         images, tokens = batched(
@@ -364,10 +392,7 @@ def sample_vae(mode):
             len(examples["image"]),
             size,
         )
-        rows = [
-            {"caption": tokenizer.decode(t), "reference": c}
-            for t, c in zip(tokens, examples["caption"])
-        ]
+        rows = [{"caption": decode(t), "reference": c} for t, c in zip(tokens, examples["caption"])]
         write_folder(FLAGS.out_dir, images, rows)
 
 

@@ -24,7 +24,8 @@ import optax
 
 from mmgen_jax import elbo, losses
 from mmgen_jax.data import tokenizer
-from mmgen_jax.families import base
+from mmgen_jax.families import base, pretrained_text
+from mmgen_jax.models import minilm
 from mmgen_jax.models import vae as vae_lib
 
 FUSIONS = ("poe", "moe")
@@ -55,6 +56,11 @@ class VAE(base.Family):
                 f"config.train.image_likelihood={t.image_likelihood!r}: use one of "
                 f"{elbo.IMAGE_LIKELIHOODS}"
             )
+        pretrained_text.check(config)
+        # WordPiece captions (data.tokenizer="minilm") end with [SEP], from a 30,522-id vocabulary.
+        wordpiece = d.get("tokenizer", "bytes") == "minilm"
+        self.eos_id = minilm.SEP_ID if wordpiece else EOS_ID
+        vocab = {"vocab_size": minilm.VOCAB_SIZE} if wordpiece else {}
         self.net = vae_lib.MultimodalVAE(
             latent_dim=m.latent_dim,
             image_size=d.image_size,
@@ -65,11 +71,13 @@ class VAE(base.Family):
             text_layers=m.text_layers,
             text_dim=m.text_dim,
             text_encoder=m.text_encoder,
+            text_encoder_trainable=m.get("text_encoder_trainable", False),
+            **vocab,
             decoder_hidden=m.decoder_hidden,
             num_classes=m.num_classes if t.aux_classifier_weight else 0,
             dtype=jnp.dtype(m.dtype),
         )
-        self.tx = optax.adam(t.lr, b1=t.b1, b2=t.b2)
+        self.tx = pretrained_text.optimizer(optax.adam(t.lr, b1=t.b1, b2=t.b2), m)
 
     # ---- state -------------------------------------------------------------------
     def init(self, rng) -> VAEState:
@@ -78,7 +86,8 @@ class VAE(base.Family):
         key_params, key_run = jax.random.split(rng)
         images = jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32)
         tokens = jnp.zeros((1, d.max_text_len), jnp.int32)
-        params = self.net.init(key_params, images, tokens)["params"]
+        # A pretrained caption encoder starts from its shipped weights (no-op otherwise).
+        params = minilm.load_into(self.net.init(key_params, images, tokens)["params"])
         return VAEState(
             step=jnp.zeros((), jnp.int32),
             rng=key_run,
@@ -317,9 +326,9 @@ class VAE(base.Family):
                 step_keys, logits / jnp.maximum(temperature, 1e-6)
             )
             token = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
-            token = jnp.where(position == length - 1, EOS_ID, token)
+            token = jnp.where(position == length - 1, self.eos_id, token)
             token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
-            return (carry, token, done | (token == EOS_ID)), token
+            return (carry, token, done | (token == self.eos_id)), token
 
         start = jnp.full((z.shape[0],), vae_lib.BOS_ID, jnp.int32)
         done = jnp.zeros((z.shape[0],), bool)

@@ -24,7 +24,8 @@ cross-correlation (Flax's convention). To load PyTorch weights, use `w.permute(2
 convolution scatters, i.e. correlates with the spatially flipped kernel).
 """
 
-from typing import Callable, ClassVar, Literal
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -162,7 +163,10 @@ class ConvTranspose2x(_Stride2Conv):
     PyTorch's `ConvTranspose2d(C, F, 4, stride=2, padding=1)`.
     """
 
-    _fns = {"fast": conv_transpose_2x, "textbook": conv_transpose_2x_textbook}
+    _fns: ClassVar[dict[str, Callable]] = {
+        "fast": conv_transpose_2x,
+        "textbook": conv_transpose_2x_textbook,
+    }
 
 
 def icnr(init: Initializer | None = None) -> Initializer:
@@ -213,4 +217,4 @@ class Conv2xDown(_Stride2Conv):
     PyTorch's `Conv2d(C, F, 4, stride=2, padding=1)`.
     """
 
-    _fns = {"fast": conv_2x_down, "textbook": conv_2x_down_textbook}
+    _fns: ClassVar[dict[str, Callable]] = {"fast": conv_2x_down, "textbook": conv_2x_down_textbook}
