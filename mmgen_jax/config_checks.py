@@ -21,6 +21,7 @@ CHOICES = {
     "model.conditioning": dcgan.CONDITIONINGS,
     "model.d_norm": dcgan.D_NORMS,
     "model.g_impl": layers.IMPLS,
+    "model.g_upsample": dcgan.UPSAMPLES,
     "model.d_impl": layers.IMPLS,
     "train.loss": losses.LOSSES,
     "train.update_order": losses.UPDATE_ORDERS,
@@ -41,6 +42,8 @@ AT_LEAST = {
     "eval.batch_size": 1,
     "eval.num_samples": 1,
     "eval.train_num_samples": 1,
+    "eval.diversity_samples": 2,
+    "eval.diversity_captions": 1,
 }
 
 

@@ -5,6 +5,15 @@ also images in, captions out; joint samples; reconstructions.
       one PNG per caption line (UTF-8) and out/index.jsonl ({"file", "caption"} per image)
   python -m mmgen_jax.sample --workdir=runs/gan --num=16 --out=grid.png \
       --caption="a red handwritten seven on a blue background"
+      a seed grid: --num samples of one caption, sample i drawn with noise index i
+  --truncation=T (GAN runs): the truncation trick. Each noise component is drawn from the
+      standard normal truncated to [-T, T] (as if redrawn until |z_i| <= T): smaller T, more
+      typical and less varied images; 0 (default) = the untruncated normal of training.
+  --mode=interpolate --caption=C [--caption2=C2] [--seed2=S2] [--num=8] --out=walk.png
+      (GAN runs) row 1: C drawn from noise that walks from z(--seed) to z(--seed2) along the
+      great circle (slerp: every point keeps the norm typical of a Gaussian z); row 2, with
+      --caption2: z(--seed) fixed while G's pooled caption embedding moves linearly from C
+      to C2 (embeddings are no Gaussian samples, so a straight line). --num columns.
   VAE runs only (--mode, default text2image as above):
   --mode=image2text --out_dir=out [--images_dir=DIR] [--temperature=0.7]
       a caption for every image of DIR (PNG/JPEG), or of the eval split (the first --num
@@ -36,13 +45,18 @@ flags.DEFINE_string("workdir", None, "A training run's directory.", flag_values=
 # --mode -> the capability a run's family must declare for it.
 MODE_CAPABILITIES = {
     "text2image": base.TEXT_TO_IMAGE,
+    "interpolate": base.TEXT_TO_IMAGE,
     "image2text": base.IMAGE_TO_TEXT,
     "joint": base.JOINT,
     "reconstruct": base.RECONSTRUCT,
 }
 MODES = tuple(MODE_CAPABILITIES)
 flags.DEFINE_enum(
-    "mode", "text2image", MODES, "What to sample (all but text2image: VAE runs).", flag_values=FLAGS
+    "mode",
+    "text2image",
+    MODES,
+    "What to sample (interpolate: GAN runs; image2text, joint, reconstruct: VAE runs).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string(
     "images_dir", None, "image2text: a folder of images (default: eval split).", flag_values=FLAGS
@@ -65,6 +79,15 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string("out", None, "Path of the quick grid PNG.", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Noise seed.", flag_values=FLAGS)
+flags.DEFINE_float(
+    "truncation", 0.0, "Truncate each noise component to [-T, T] (0 = off).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "caption2", None, "interpolate: walk the caption embedding to this one.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "seed2", None, "interpolate: the noise walk's end seed (default --seed + 1).", flag_values=FLAGS
+)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
 flags.DEFINE_integer(
     "batch_size",
@@ -75,11 +98,57 @@ flags.DEFINE_integer(
 flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
-def generate(family, variables, captions, max_text_len, seed=0, batch_size=256):
-    """uint8 images (N, H, W, 3) for N captions; image i uses noise index i."""
-    text = tokenizer.by_name(family.config.data.get("tokenizer", "bytes"))
-    tokens = text.encode_batch(captions, max_text_len)
-    return writers.to_uint8(generate_from_tokens(family, variables, tokens, seed, batch_size))
+def _tokenizer(family):
+    """The tokenizer the run's captions were encoded with (data.tokenizer)."""
+    return tokenizer.by_name(family.config.data.get("tokenizer", "bytes"))
+
+
+def generate(family, variables, captions, max_text_len, seed=0, batch_size=256, truncation=0.0):
+    """uint8 images (N, H, W, 3) for N captions; image i uses noise index i, truncated to
+    [-truncation, truncation] per component when it is > 0."""
+    tokens = _tokenizer(family).encode_batch(captions, max_text_len)
+    if not truncation:
+        images = generate_from_tokens(family, variables, tokens, seed, batch_size)
+    else:
+        images = batched(
+            lambda s, t, i: family.generate(s[0], t, s[1], i, truncation=truncation),
+            (variables, jax.random.PRNGKey(seed)),
+            [tokens],
+            len(tokens),
+            batch_size,
+        )
+    return writers.to_uint8(images)
+
+
+def slerp(a, b, t):
+    """Points at fractions `t` (T,) of the great-circle arc from vector a to vector b (T, D),
+    the norm interpolated linearly; a straight line where a and b are (anti)parallel."""
+    a, b, t = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(t)[:, None]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    cos = np.clip(a @ b / max(na * nb, 1e-12), -1.0, 1.0)
+    omega = np.arccos(cos)
+    if np.sin(omega) < 1e-6:
+        return ((1 - t) * a + t * b).astype(np.float32)
+    ua, ub = a / na, b / nb
+    direction = (np.sin((1 - t) * omega) * ua + np.sin(t * omega) * ub) / np.sin(omega)
+    return (direction * ((1 - t) * na + t * nb)).astype(np.float32)
+
+
+def interpolation_rows(family, variables, captions, max_text_len, seeds, steps, truncation=0.0):
+    """Images (rows, steps, H, W, 3) in [-1, 1]: row 0 walks z from noise index 0 of
+    seeds[0] to that of seeds[1] (slerp) for captions[0]; with a second caption, row 1 keeps
+    z(seeds[0]) and moves G's caption embedding linearly from captions[0] to captions[1]."""
+    t = np.linspace(0.0, 1.0, steps)
+    index = np.zeros(1, np.uint32)
+    z_a, z_b = (family.noise(jax.random.PRNGKey(s), index, truncation)[0] for s in seeds)
+    tokens = _tokenizer(family).encode_batch(captions, max_text_len)
+    embedded = np.asarray(family.embed(variables, tokens))
+    z_walk = slerp(z_a, z_b, t)
+    rows = [family.draw(variables, z_walk, np.repeat(embedded[:1], steps, axis=0))]
+    if len(captions) > 1:
+        e_walk = (1 - t[:, None]) * embedded[0] + t[:, None] * embedded[1]
+        rows.append(family.draw(variables, np.repeat(z_a[None], steps, axis=0), e_walk))
+    return np.stack([np.asarray(r) for r in rows])
 
 
 def batched(fn, shared, arrays, num, batch_size):
@@ -99,7 +168,7 @@ def describe(family, variables, images, seed=0, batch_size=256, temperature=0.0)
         len(images),
         batch_size,
     )
-    decode = tokenizer.by_name(family.config.data.get("tokenizer", "bytes")).decode
+    decode = _tokenizer(family).decode
     return [decode(t) for t in tokens]
 
 
@@ -187,6 +256,10 @@ def read_captions(path):
 def main(argv):
     del argv
     app.start(FLAGS)
+    if FLAGS.truncation < 0:
+        raise app.UsageError(f"--truncation={FLAGS.truncation}: use T > 0, or 0 for no truncation")
+    if FLAGS.mode == "interpolate":
+        return sample_interpolation()
     if FLAGS.mode != "text2image":
         return sample_vae(FLAGS.mode)
     if bool(FLAGS.captions_file) == bool(FLAGS.caption):
@@ -201,9 +274,12 @@ def main(argv):
     captions = read_captions(FLAGS.captions_file) if FLAGS.captions_file else None
     config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
     _require(family, config, "text2image")
+    if FLAGS.truncation:
+        _require_control(family, config, "truncation")
     max_len = config.data.max_text_len
+    options = {"seed": FLAGS.seed, "batch_size": FLAGS.batch_size, "truncation": FLAGS.truncation}
     if FLAGS.captions_file:
-        images = generate(family, variables, captions, max_len, FLAGS.seed, FLAGS.batch_size)
+        images = generate(family, variables, captions, max_len, **options)
         write_folder(FLAGS.out_dir, images, [{"caption": c} for c in captions])
     else:
         cols = 8
@@ -213,8 +289,7 @@ def main(argv):
             variables,
             [FLAGS.caption] * (rows * cols),
             max_len,
-            FLAGS.seed,
-            FLAGS.batch_size,
+            **options,
         )
         grid = writers.caption_grid(
             [FLAGS.caption] * rows, None, images.reshape(rows, cols, *images.shape[1:])
@@ -234,6 +309,52 @@ def _require(family, config, mode):
         )
 
 
+def _require_control(family, config, control):
+    """A clear error when the run's family offers no such control over its noise."""
+    # Families declare their controls; `noise_controls` is not yet in the base contract.
+    if control not in getattr(family, "noise_controls", frozenset()):
+        flag = "--truncation" if control == "truncation" else f"--mode={control}"
+        raise app.UsageError(
+            f"{flag} needs a model that draws images from a noise vector z (a GAN run); "
+            f"{FLAGS.workdir} holds a {config.model.family!r} run"
+        )
+
+
+def sample_interpolation():
+    """--mode=interpolate: a noise walk for one caption, and a caption walk for one noise."""
+    if not FLAGS.caption or not FLAGS.out:
+        raise app.UsageError(
+            "--mode=interpolate needs --caption (and optionally --caption2) and --out"
+        )
+    if FLAGS.num < 2:
+        raise app.UsageError(f"--num={FLAGS.num}: an interpolation needs at least 2 steps")
+    config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
+    _require(family, config, "interpolate")
+    _require_control(family, config, "interpolate")
+    captions = [FLAGS.caption] + ([FLAGS.caption2] if FLAGS.caption2 else [])
+    seeds = (FLAGS.seed, FLAGS.seed + 1 if FLAGS.seed2 is None else FLAGS.seed2)
+    images = writers.to_uint8(
+        interpolation_rows(
+            family,
+            variables,
+            captions,
+            config.data.max_text_len,
+            seeds,
+            FLAGS.num,
+            FLAGS.truncation,
+        )
+    )
+    labels = [f"{FLAGS.caption} (seed {seeds[0]} -> {seeds[1]})"]
+    if FLAGS.caption2:
+        labels.append(f"{FLAGS.caption} -> {FLAGS.caption2} (seed {seeds[0]})")
+    steps = np.linspace(0.0, 1.0, FLAGS.num)
+    columns = [(f"t={t:.2f}", images[:, j], None) for j, t in enumerate(steps)]
+    grid = writers.image_table(labels, columns)
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    grid.save(FLAGS.out)
+    print(f"wrote {FLAGS.out}")
+
+
 def sample_vae(mode):
     """image2text, joint and reconstruct: the modes of models that read and write both
     images and captions."""
@@ -243,6 +364,8 @@ def sample_vae(mode):
         image_names(FLAGS.images_dir)  # a wrong folder fails before the checkpoint loads
     config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
     _require(family, config, mode)
+    if FLAGS.truncation:
+        _require_control(family, config, "truncation")
     key, size = jax.random.PRNGKey(FLAGS.seed), FLAGS.batch_size
     decode = tokenizer.by_name(config.data.get("tokenizer", "bytes")).decode
     if mode == "image2text":

@@ -124,7 +124,8 @@ def test_evaluate_prints_the_table_and_writes_the_report(gan_dir, evaluator_dir)
     result = _evaluate(f"--workdir={gan_dir}", f"--evaluator_workdir={evaluator_dir}", "--judge")
     assert "generated (step 6)" in result.stdout and "real train vs test" in result.stdout
     assert "read by the judge" in result.stdout
-    for header in ("FD", "KID", "precision", "recall", "consistent", "seen", "held-out"):
+    headers = ("FD", "KID", "precision", "recall", "diversity", "HF power", "consistent", "seen")
+    for header in (*headers, "held-out"):
         assert header in result.stdout
     report = json.loads((gan_dir / "eval" / "step_6.json").read_text())
     assert report["num_samples"] == 64 and report["reference_split"] == "train"
@@ -134,6 +135,8 @@ def test_evaluate_prints_the_table_and_writes_the_report(gan_dir, evaluator_dir)
         for key in ("fd_digits", "kid_digits", "kid_digits_std", "precision_digits"):
             assert isinstance(report[row][key], float)
         assert 0.0 <= report[row]["consistency"] <= 1.0
+        assert report[row]["diversity"] >= 0.0 and report[row]["hf_power_ratio"] > 0.0
+    assert report["settings"]["diversity_samples"] == 4
     assert 0.0 <= report["generated"]["judge_consistency_held_out"] <= 1.0
     # The reference row: real train images against real test images, seen combinations only.
     assert report["reference"]["num"] == 64 and "consistency_held_out" not in report["reference"]
@@ -155,6 +158,30 @@ def test_evaluate_without_evaluator_names_the_training_command(gan_dir, tmp_path
         evaluate.evaluate(str(gan_dir), overrides=overrides)
     command = f"python -m mmgen_jax.main --config=configs/evaluator.py --workdir={tmp_path}"
     assert command in str(error.value)
+
+
+class _NoiseBlind:
+    """A GAN that draws every image of a caption from the same noise (index 0)."""
+
+    def __init__(self, gan):
+        self.gan = gan
+
+    def generate(self, variables, tokens, key, indices):
+        return self.gan.generate(variables, tokens, key, jnp.zeros_like(indices))
+
+
+def test_diversity_of_a_generator_that_ignores_its_noise_is_zero(gan_dir, evaluator_dir, data_dir):
+    config, family, variables = runs.load_run(str(gan_dir))
+    s = settings.with_defaults(config.eval)[0]
+    s.evaluator_workdir, s.num_samples = str(evaluator_dir), 64
+    measure = suite.Suite(config, s, s.num_samples, data_dir)
+    assert measure.groups and "diversity" in measure.names()
+    assert measure.diversity(_NoiseBlind(family), variables) == pytest.approx(0.0, abs=1e-6)
+    assert measure.diversity(family, variables) > 0.01
+    # The groups: test examples sharing (label, fg, bg), 2 or more of them.
+    for group in measure.groups:
+        for attribute in ("label", "fg", "bg"):
+            assert len(set(measure.test[attribute][group])) == 1
 
 
 class _Describer:

@@ -231,3 +231,58 @@ def test_kid_and_precision_recall_never_hold_a_full_matrix(monkeypatch):
         tracemalloc.stop()
     assert peak < 2000 * 2000 * 8 / 4  # a quarter of one full matrix (measured: 3.2 MB)
     assert 0.5 < precision <= 1 and 0.5 < recall <= 1 and kid > 0
+
+
+def _real(data_dir, split, num=256):
+    from mmgen_jax.data import pipeline
+
+    return pipeline.eval_batch(
+        name="digits_captions",
+        data_dir=data_dir,
+        split=split,
+        image_size=32,
+        max_text_len=64,
+        num=num,
+        at_most=True,
+    )["image"]
+
+
+def test_hf_power_ratio_real_is_one_checkerboard_raises_blur_lowers(data_dir):
+    test, train = _real(data_dir, "test"), _real(data_dir, "train")
+    ratio = metrics.hf_power_ratio(train, test)
+    assert 0.85 < ratio < 1.15, ratio
+    assert metrics.hf_power_ratio(test, test) == pytest.approx(1.0)
+    # The sub-pixel upsampler's artefact: a pattern of period 2 pixels in both axes.
+    yy, xx = np.mgrid[:32, :32]
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[None, :, :, None]
+    contaminated = np.clip(train + 0.15 * checker, -1, 1)
+    assert metrics.hf_power_ratio(contaminated, test) > 1.5
+    blurred = train + np.roll(train, 1, 1) + np.roll(train, 1, 2) + np.roll(train, (1, 1), (1, 2))
+    assert metrics.hf_power_ratio(blurred / 4, test) < 0.7
+
+
+def test_high_frequency_share_of_pure_patterns():
+    yy, xx = np.mgrid[:16, :16]
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)  # all power at (Nyquist, Nyquist)
+    slow = np.cos(2 * np.pi * xx / 16)  # all power at 1/16 cycle/pixel
+    images = np.stack([checker, slow, np.zeros((16, 16))])[..., None].repeat(3, -1)
+    np.testing.assert_allclose(metrics.high_frequency_share(images), [1.0, 0.0, 0.0], atol=1e-9)
+    with pytest.raises(ValueError, match="no contrast"):
+        metrics.hf_power_ratio(images, images[2:])
+
+
+def test_diversity_is_zero_for_copies_and_about_one_for_the_same_law():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 1, 8)) * 5
+    real = centres + rng.normal(size=(20, 6, 8))
+    same_law = centres + rng.normal(size=(20, 4, 8))
+    copies = np.repeat(centres + rng.normal(size=(20, 1, 8)), 4, axis=1)
+    assert metrics.diversity(copies, real) == pytest.approx(0.0, abs=1e-6)
+    assert 0.9 < metrics.diversity(same_law, real) < 1.1
+    assert metrics.diversity(2 * same_law, 2 * real) == pytest.approx(
+        metrics.diversity(same_law, real)
+    )
+    # Groups of one are skipped; with none left there is nothing to measure.
+    assert metrics.mean_pairwise_distance([np.zeros((1, 8)), [[0.0, 0], [3, 4]]]) == 5.0
+    with pytest.raises(ValueError, match="no group has 2 or more members"):
+        metrics.mean_pairwise_distance([np.zeros((1, 8))])

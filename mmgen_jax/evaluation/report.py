@@ -16,6 +16,8 @@ _COLUMNS = (
     ("kid_{tag}", "KID"),
     ("precision_{tag}", "precision"),
     ("recall_{tag}", "recall"),
+    ("diversity", "diversity"),
+    ("hf_power_ratio", "HF power"),
     ("consistency", "consistent"),
     ("consistency_seen", "seen"),
     ("consistency_held_out", "held-out"),
@@ -98,7 +100,9 @@ def table(report):
     lines.append(
         f"{report['num_samples']} test captions of {report['dataset']}/{report['eval_split']}; "
         f"features: {report['feature_network']['name']} ({tag}); FD/KID/P-R against the real "
-        f"test images; consistency: share of images whose evaluator-read attributes all match "
-        f"the caption"
+        f"test images; diversity: spread of {report['settings']['diversity_samples']} images "
+        f"per caption / spread of real images of the same attributes; HF power: share of "
+        f"luminance power above half Nyquist / real test's (1 = like real); consistency: share "
+        f"of images whose evaluator-read attributes all match the caption"
     )
     return "\n".join(lines)

@@ -27,6 +27,8 @@ def defaults() -> ml_collections.ConfigDict:
     e.kid_subsets = 50  # KID: random subsets averaged (mean and std reported)
     e.kid_subset_size = 500  # KID: samples per subset; needs at least this many per side
     e.pr_k = 3  # precision/recall: k of the k-nearest-neighbour manifolds
+    e.diversity_samples = 4  # diversity: images drawn per caption (K)
+    e.diversity_captions = 100  # diversity: at most this many attribute groups, 1 caption each
     e.batch_size = 256  # images per device call (rounded up to a multiple of the devices)
     e.seed = 0  # noise seed of the generated images (image i uses fold_in(key, i))
     e.best_metric = "fd_digits"  # metric that picks the best checkpoint (WORKDIR/best/)

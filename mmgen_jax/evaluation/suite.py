@@ -1,7 +1,8 @@
 """Measuring a generative run: images generated from test captions against the real test
 images (FD, KID, precision/recall in a feature network's space; attribute consistency read
-by the domain evaluator), the same numbers for real reference images (the ceiling), and,
-for families that also write captions, image->text and joint metrics.
+by the domain evaluator; variety per caption, `diversity`; fine-detail power,
+`hf_power_ratio`), the same numbers for real reference images (the ceiling), and, for
+families that also write captions, image->text and joint metrics.
 """
 
 import jax
@@ -40,6 +41,8 @@ class Suite:
     def __init__(self, run_config, settings, num_samples, data_dir):
         self.config, self.settings, self.data_dir = run_config, settings, data_dir
         domain = domains.domain_for(run_config.data.name)
+        # Attributes that define "the same content" for `diversity` (stored in the split).
+        self.attributes = list(domain.attributes) if domain else []
         # The dataset's one caption parser (text -> {attribute: class} or None), if it has one.
         self.parse_caption = domain.parse_caption if domain else None
         self._decode = tokenizer.by_name(run_config.data.get("tokenizer", "bytes")).decode
@@ -81,12 +84,20 @@ class Suite:
             else 1.0
         )
         self.real_features = real_features / self.feature_scale
+        # diversity: one caption per attribute group of the test set, and the real spread.
+        self.groups = self.attribute_groups(self.test)
+        if self.groups:
+            self.real_spread = metrics.mean_pairwise_distance(
+                [self.real_features[g] for g in self.groups]
+            )
         self._generators = {}  # family -> compiled BatchedMap, reused between calls
 
     def names(self):
         """Metric names this suite reports for a generator (best_metric must be one)."""
         tag = self.extractor.tag
         names = [f"fd_{tag}", f"kid_{tag}", f"kid_{tag}_std", f"precision_{tag}", f"recall_{tag}"]
+        names += ["diversity"] if self.groups else []
+        names += ["hf_power_ratio"]
         names += ["consistency"] + [f"consistency_{h}" for h in self.judge.heads]
         if "held_out" in self.test:
             names += ["consistency_seen", "consistency_held_out"]
@@ -130,21 +141,52 @@ class Suite:
         features, predicted = self.read(images)
         return {
             **self.distances(features),
+            "hf_power_ratio": metrics.hf_power_ratio(images, self.test["image"]),
             **metrics.consistency(predicted, self.targets, self.test.get("held_out")),
         }
 
-    def generate(self, family, variables):
-        """Images from the test captions; image i uses noise fold_in(PRNGKey(seed), i)."""
+    def attribute_groups(self, examples):
+        """Index arrays of `examples` that share all attribute values, in order of first
+        appearance, those with 2+ members only, at most eval.diversity_captions of them;
+        [] when the dataset has no known attributes."""
+        present = [a for a in self.attributes if a in examples]
+        if not present:
+            return []
+        keys = np.stack([np.asarray(examples[a]) for a in present], axis=1)
+        _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        groups = [np.flatnonzero(inverse == g) for g in np.argsort(first)]
+        return [g for g in groups if len(g) >= 2][: self.settings.diversity_captions]
+
+    def _draw(self, family, variables, tokens, indices):
         if family not in self._generators:
             self._generators[family] = runs.generator(family)
-        return runs.generate_from_tokens(
-            family,
-            variables,
-            self.test["text"],
-            self.settings.seed,
-            self.settings.batch_size,
-            run=self._generators[family],
-        )
+        key = jax.random.PRNGKey(self.settings.seed)
+        run = self._generators[family]
+        return run((variables, key), tokens, indices, batch_size=self.settings.batch_size)
+
+    def generate(self, family, variables):
+        """Images from the test captions; image i uses noise fold_in(PRNGKey(seed), i)."""
+        indices = np.arange(self.num, dtype=np.uint32)
+        return self._draw(family, variables, self.test["text"], indices)
+
+    def diversity(self, family, variables):
+        """K = eval.diversity_samples images of the first caption of each attribute group,
+        their mean pairwise feature distance over that of the group's real test images.
+        Sample k of caption i uses noise index num + i * K + k: beyond the main set's."""
+        k = self.settings.diversity_samples
+        if k < 2:
+            raise ValueError(f"eval.diversity_samples={k}: it needs at least 2 images a caption")
+        first = np.array([g[0] for g in self.groups])
+        tokens = np.repeat(self.test["text"][first], k, axis=0)
+        indices = (self.num + np.arange(len(tokens))).astype(np.uint32)
+        features = self.read_features(self._draw(family, variables, tokens, indices))
+        generated = features.reshape(len(first), k, -1)
+        return metrics.mean_pairwise_distance(generated) / self.real_spread
+
+    def read_features(self, images):
+        """Features in the distance space only (no attribute reading)."""
+        return self.extractor(images)[0] / self.feature_scale
 
     def measure_run(self, family, variables, cross_check=False):
         """Every metric of a trained family: images from test captions and, where the family
@@ -153,6 +195,8 @@ class Suite:
         images (`judge_consistency...`; datasets whose domain declares `drawn_digits`)."""
         images = self.generate(family, variables)
         out = self.measure_images(images)
+        if self.groups:
+            out["diversity"] = self.diversity(family, variables)
         if cross_check:
             out.update(self.judge_consistency(images))
         if family.can(base.IMAGE_TO_TEXT):
@@ -176,8 +220,16 @@ class Suite:
         real = load_split(self.config, split, self.num, self.data_dir)
         features, predicted = self.read(real["image"], real_split=split)
         targets = {h: real[h] for h in self.judge.heads}
+        groups = self.attribute_groups(real)
+        spread = {}
+        if self.groups and groups:
+            spread["diversity"] = (
+                metrics.mean_pairwise_distance([features[g] for g in groups]) / self.real_spread
+            )
         return {
             **self.distances(features),
+            **spread,
+            "hf_power_ratio": metrics.hf_power_ratio(real["image"], self.test["image"]),
             **metrics.consistency(predicted, targets, real.get("held_out")),
             "num": len(real["caption"]),
         }

@@ -46,6 +46,9 @@ class GAN(base.Family):
     """The family: networks and optimizers from a config, and pure functions over GANState."""
 
     capabilities = frozenset({base.TEXT_TO_IMAGE})
+    # Sampling controls over G's noise that `sample` offers: generate(..., truncation=T),
+    # and embed/draw, which interpolate between noises and between caption embeddings.
+    noise_controls = frozenset({"truncation", "interpolate"})
     nan_hint = "lower the learning rates (--config.train.lr_g, --config.train.lr_d)"
 
     def __init__(self, config, axis_name="data"):
@@ -96,6 +99,7 @@ class GAN(base.Family):
             base_width=m.g_width,
             text_proj_dim=m.text_proj_dim,
             impl=m.g_impl,
+            upsample=m.get("g_upsample", "transpose"),  # runs from before the field: default
             axis_name=axis_name,
             dtype=jnp.dtype(m.dtype),
         )
@@ -246,9 +250,17 @@ class GAN(base.Family):
         new_state = state.replace(step=state.step + 1, g=new_g, d=new_d, ema_params=ema)
         return new_state, metrics
 
-    def noise(self, key, index):
-        """z for each example from its global stream index: independent of device count."""
-        return base.example_normal(key, index, (self.config.model.noise_dim,))
+    def noise(self, key, index, truncation=None):
+        """z for each example from its global stream index: independent of device count.
+        With `truncation` T > 0, each component is drawn from the standard normal truncated
+        to [-T, T] (the truncation trick: the same law as redrawing |z_i| > T)."""
+        shape = (self.config.model.noise_dim,)
+        if not truncation:
+            return base.example_normal(key, index, shape)
+        keys = base.example_keys(key, index)
+        return jax.vmap(lambda k: jax.random.truncated_normal(k, -truncation, truncation, shape))(
+            keys
+        )
 
     # ---- sampling ----------------------------------------------------------------
     def sampling_variables(self, state: GANState):
@@ -256,10 +268,19 @@ class GAN(base.Family):
         params = state.ema_params if self.config.train.ema_decay else state.g.params
         return {"params": params, "batch_stats": state.g.batch_stats}
 
-    def generate(self, variables, tokens, key, indices):
-        """Images in [-1, 1] for caption tokens; image i uses noise fold_in(key, indices[i])."""
-        z = self.noise(key, indices)
+    def generate(self, variables, tokens, key, indices, truncation=None):
+        """Images in [-1, 1] for caption tokens; image i uses noise fold_in(key, indices[i]),
+        truncated to [-truncation, truncation] per component when given (see `noise`)."""
+        z = self.noise(key, indices, truncation)
         return self._generator_local.apply(variables, z, tokens, train=False)
+
+    def embed(self, variables, tokens):
+        """G's pooled caption embeddings (B, text_dim): what `draw` conditions on."""
+        return self._generator_local.apply(variables, tokens, train=False, method="encode")
+
+    def draw(self, variables, z, embeddings):
+        """Images in [-1, 1] from explicit noise and caption embeddings (interpolation)."""
+        return self._generator_local.apply(variables, z, embeddings, train=False, method="score")
 
 
 def _apply(net: NetState, grads, batch_stats, tx) -> NetState:

@@ -17,9 +17,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-from mmgen_jax.models.layers import Conv2xDown, ConvTranspose2x, Impl
+from mmgen_jax.models.layers import Conv2xDown, ConvTranspose2x, Impl, ResizeConv2x, icnr
 
 NORMS = ("batch", "none")
+# Generator.upsample: "transpose" (4x4 stride-2 transposed conv, default init), "icnr" (the
+# same layer and parameters, initialised without checkerboard), "resize_conv" (nearest 2x
+# then a 3x3 conv: other parameters).
+UPSAMPLES = ("transpose", "icnr", "resize_conv")
 D_NORMS = ("batch", "spectral")
 CONDITIONINGS = ("concat", "projection")
 
@@ -56,6 +60,8 @@ class Generator(nn.Module):
 
     Attributes:
         impl: 'fast' or 'textbook' upsampling (see `layers`); same parameters either way.
+        upsample: one of UPSAMPLES: how each 2x step is built and initialised ('resize_conv'
+            ignores `impl`).
         norm: 'batch', or 'none' (no normalisation; the convolutions then get a bias).
         axis_name: mapped axis to average BatchNorm statistics over, or None.
         dtype: computation dtype (e.g. bfloat16 on accelerators); parameters stay float32.
@@ -66,6 +72,7 @@ class Generator(nn.Module):
     out_channels: int = 3
     text_proj_dim: int = 128
     impl: Impl = "fast"
+    upsample: Literal["transpose", "icnr", "resize_conv"] = "transpose"
     norm: Literal["batch", "none"] = "batch"
     axis_name: str | None = None
     dtype: Dtype = jnp.float32
@@ -74,6 +81,8 @@ class Generator(nn.Module):
     def __call__(self, z, text_emb, train: bool):
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
         n_up = _num_scale_steps(self.image_size)
         width = self.base_width * 2 ** (n_up - 1)
         use_bn = self.norm == "batch"
@@ -89,14 +98,18 @@ class Generator(nn.Module):
         h = norm_relu(h.reshape(-1, 4, 4, width), "bn0")
         for i in range(1, n_up):
             width //= 2
-            h = ConvTranspose2x(
-                width, use_bias=not use_bn, impl=self.impl, dtype=self.dtype, name=f"up{i}"
-            )(h)
+            h = self._up(width, not use_bn, f"up{i}")(h)
             h = norm_relu(h, f"bn{i}")
-        h = ConvTranspose2x(self.out_channels, impl=self.impl, dtype=self.dtype, name=f"up{n_up}")(
-            h
-        )
+        h = self._up(self.out_channels, True, f"up{n_up}")(h)
         return jnp.tanh(h).astype(jnp.float32)
+
+    def _up(self, features, use_bias, name):
+        if self.upsample == "resize_conv":
+            return ResizeConv2x(features, use_bias=use_bias, dtype=self.dtype, name=name)
+        extra = {"kernel_init": icnr()} if self.upsample == "icnr" else {}
+        return ConvTranspose2x(
+            features, use_bias=use_bias, impl=self.impl, dtype=self.dtype, name=name, **extra
+        )
 
 
 class Discriminator(nn.Module):

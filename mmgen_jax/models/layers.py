@@ -24,7 +24,8 @@ cross-correlation (Flax's convention). To load PyTorch weights, use `w.permute(2
 convolution scatters, i.e. correlates with the spatially flipped kernel).
 """
 
-from typing import Callable, ClassVar, Literal
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -162,7 +163,51 @@ class ConvTranspose2x(_Stride2Conv):
     PyTorch's `ConvTranspose2d(C, F, 4, stride=2, padding=1)`.
     """
 
-    _fns = {"fast": conv_transpose_2x, "textbook": conv_transpose_2x_textbook}
+    _fns: ClassVar[dict[str, Callable]] = {
+        "fast": conv_transpose_2x,
+        "textbook": conv_transpose_2x_textbook,
+    }
+
+
+def icnr(init: Initializer | None = None) -> Initializer:
+    """ICNR initialisation (Aitken et al., 2017) of a `ConvTranspose2x` kernel (4, 4, C, F).
+
+    Output phase r (per axis) uses kernel taps r and r + 2 (see `conv_transpose_2x`), so
+    making taps 2t and 2t + 1 equal gives all four phases the same 2x2 kernel: the output is
+    then a nearest-neighbour 2x upsampling (shifted by one pixel) of one 2x2 convolution, with
+    no phase-periodic (checkerboard) pattern at the start of training. The shared taps are
+    `init`'s draw for the full kernel at the even taps, so the scale is `init`'s (default:
+    the layer's own, LeCun normal).
+    """
+    init = init or nn.initializers.lecun_normal()
+
+    def init_fn(key, shape, dtype=jnp.float32):
+        if shape[:2] != (4, 4):
+            raise ValueError(f"icnr initialises (4, 4, C, F) kernels, got shape {shape}")
+        even = init(key, shape, dtype)[::2, ::2]
+        return jnp.repeat(jnp.repeat(even, 2, axis=0), 2, axis=1)
+
+    return init_fn
+
+
+class ResizeConv2x(nn.Module):
+    """Nearest-neighbour 2x upsampling, then a 3x3 'SAME' convolution: (B, H, W, C) ->
+    (B, 2H, 2W, F) (Odena et al., 2016, "Deconvolution and checkerboard artifacts"). Every
+    output pixel sees the same kernel, so no pattern of period 2 can arise at any point of
+    training; 9/4 the arithmetic of `ConvTranspose2x` and different parameters."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"expected NHWC input of rank 4, got shape {x.shape}")
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return nn.Conv(
+            self.features, (3, 3), use_bias=self.use_bias, dtype=self.dtype, name="conv"
+        )(x)
 
 
 class Conv2xDown(_Stride2Conv):
@@ -172,4 +217,4 @@ class Conv2xDown(_Stride2Conv):
     PyTorch's `Conv2d(C, F, 4, stride=2, padding=1)`.
     """
 
-    _fns = {"fast": conv_2x_down, "textbook": conv_2x_down_textbook}
+    _fns: ClassVar[dict[str, Callable]] = {"fast": conv_2x_down, "textbook": conv_2x_down_textbook}
