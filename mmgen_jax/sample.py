@@ -311,8 +311,7 @@ def _require(family, config, mode):
 
 def _require_control(family, config, control):
     """A clear error when the run's family offers no such control over its noise."""
-    # Families declare their controls; `noise_controls` is not yet in the base contract.
-    if control not in getattr(family, "noise_controls", frozenset()):
+    if control not in family.noise_controls:
         flag = "--truncation" if control == "truncation" else f"--mode={control}"
         raise app.UsageError(
             f"{flag} needs a model that draws images from a noise vector z (a GAN run); "

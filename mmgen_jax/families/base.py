@@ -61,6 +61,10 @@ class Family(abc.ABC):
     """Base of every family: the contract above plus shared behaviour."""
 
     capabilities: frozenset = frozenset()
+    # Keyword controls over the noise of `generate` that `sample` may use: "truncation"
+    # (generate(..., truncation=T)) and "interpolate" (embed(variables, tokens) and
+    # draw(variables, z, embeddings)). Declared, never probed.
+    noise_controls: frozenset = frozenset()
     # What to change when training diverges, for the loop's one-line error.
     nan_hint: str = "lower the learning rate (--config.train.lr)"
 
