@@ -210,7 +210,7 @@ class Flow(base.Family):
         params = optax.apply_updates(state.params, updates)
         ema = base.ema_update(state.ema_params, params, state.step, t.ema_decay)
         metrics = jax.lax.pmean(
-            {"loss": loss, "grad_norm": optax.global_norm(grads)}, self.axis_name
+            {"loss": loss, "grad_norm": optax.tree.norm(grads)}, self.axis_name
         )
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
