@@ -1,6 +1,7 @@
 """Text-conditional flow matching (rectified flow) with classifier-free guidance.
 
-Run (trains on the embedded `digits_captions` data; wall time: see `num_steps` below):
+Run (trains on the embedded `digits_captions` data; ~10-15 min on 2 idle CPU cores,
+estimated: see get_config):
     python -m mmgen_jax.main --config=configs/flow.py --workdir=runs/flow
 Variants: `configs/flow.py:smoke` (seconds; tests and CI), `configs/flow.py:cross_attention`
 (the U-Net also attends over the caption's tokens), `configs/flow.py:size64` (64x64 images);
@@ -15,13 +16,15 @@ common = config_variants.sibling(__file__, "common")
 
 
 def get_config(arg=None):
-    # Measured (python -m mmgen_jax.benchmark --config=configs/flow.py --json, 2 shared CPU
-    # cores): see README "Flow matching"; 3000 steps at batch 64 is about 20 minutes.
+    # 20.3 GFLOP per step (python -m mmgen_jax.benchmark --config=configs/flow.py), run at
+    # 52% of the float32 GEMM ceiling: 1.37 s/step on 2 CPU cores shared with ~8 busy
+    # processes (ceiling 29 GFLOP/s); at an idle 2-core ceiling (~200 GFLOP/s) that is
+    # ~0.2 s/step, so 3000 steps take ~10-15 min (an estimate, not a measured run).
     c = common.base("flow", num_steps=3000, batch_size=64)
 
     m = c.model
-    m.width = 32  # U-Net channels at full resolution
-    m.channel_mults = (1, 2, 2)  # channel multiplier per resolution level (32, 16, 8 px)
+    m.width = 16  # U-Net channels at full resolution
+    m.channel_mults = (1, 2, 4)  # channel multiplier per resolution level (32, 16, 8 px)
     m.num_res_blocks = 1  # residual blocks per level, on the way down and on the way up
     m.cond_dim = 128  # FiLM conditioning vector (time + pooled caption) size
     m.cross_attention = False  # also attend over the caption's token states (slower)

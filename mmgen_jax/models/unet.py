@@ -147,8 +147,10 @@ class UNet(nn.Module):
                 h = ResBlock(features, dtype=self.dtype, name=f"up{level}_{i}")(h, cond)
                 h = attend(h, f"up{level}_{i}_attn")
             if level > 0:
+                # To the next level's width: its full-resolution conv is the costlier one.
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-                h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype, name=f"upsample{level}")(h)
+                features = self.width * self.channel_mults[level - 1]
+                h = nn.Conv(features, (3, 3), dtype=self.dtype, name=f"upsample{level}")(h)
         h = nn.silu(nn.GroupNorm(_groups(h.shape[-1], 8), dtype=self.dtype, name="norm_out")(h))
         out = nn.Conv(3, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype, name="out")
         return out(h).astype(jnp.float32)
