@@ -156,13 +156,7 @@ def test_generate_guidance_uses_the_conditional_and_the_empty_caption_branches()
     np.testing.assert_allclose(
         _generate(_family(guidance=0.0), variables, tokens), uncond, atol=1e-6
     )
-    # w = 1 through the two-branch path (w = 1 + 1e-7 is not special-cased) is the
-    # conditional draw; w = 3 differs from both.
-    np.testing.assert_allclose(
-        _generate(_family(guidance=1.0 + 1e-7), variables, tokens), cond, atol=1e-5
-    )
-    strong = _generate(_family(guidance=3.0), variables, tokens)
-    assert np.abs(strong - cond).max() > 1e-3 and np.abs(strong - uncond).max() > 1e-3
+    # The two-branch combination (w not 0 or 1) is checked step by step below.
 
 
 def test_one_guided_euler_step_is_the_guided_velocity_from_the_noise():
