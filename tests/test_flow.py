@@ -177,7 +177,7 @@ def test_one_guided_euler_step_is_the_guided_velocity_from_the_noise():
     np.testing.assert_allclose(_generate(family, variables, tokens, 7), expected, atol=1e-4)
 
 
-def test_heun_sampling_differs_from_euler_and_costs_two_calls_per_step():
+def test_heun_sampling_differs_from_euler_on_the_network():
     variables = _perturbed(_family())
     tokens = _captions(2)
     euler = _generate(_family(sampler="euler", sample_steps=2), variables, tokens)
