@@ -16,6 +16,7 @@ SNAPSHOT = pathlib.Path(__file__).parent / "data" / "config_snapshots.json"
 VARIANTS = {
     "gan": [None, "smoke", "dcgan32", "folder", "cifar10", "mnist", "coco_captions"],
     "vae": [None, "smoke", "poe", "moe"],
+    "flow": [None, "smoke", "cross_attention", "size64"],
     "evaluator": [None, "smoke"],
 }
 CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]

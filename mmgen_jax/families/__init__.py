@@ -2,11 +2,13 @@
 
 from mmgen_jax.families import base
 from mmgen_jax.families.evaluator import Evaluator
+from mmgen_jax.families.flow import Flow
 from mmgen_jax.families.gan import GAN
 from mmgen_jax.families.vae import VAE
 
 FAMILIES = {
-    name: base.check(cls) for name, cls in {"gan": GAN, "vae": VAE, "evaluator": Evaluator}.items()
+    name: base.check(cls)
+    for name, cls in {"gan": GAN, "vae": VAE, "flow": Flow, "evaluator": Evaluator}.items()
 }
 
 

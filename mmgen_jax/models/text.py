@@ -79,6 +79,8 @@ class TextEncoder(nn.Module):
         kind: 'transformer' (self-attention with `num_heads` heads) or 'conv' (dilated 1-D
             convolutions, dilation doubling per layer).
         dtype: computation dtype; parameters stay float32 and the output is float32.
+        return_states: also return the per-token states (B, L, width) and the mask of real
+            tokens (B, L), for networks that cross-attend over the caption.
     """
 
     vocab_size: int = tokenizer.VOCAB_SIZE
@@ -90,10 +92,12 @@ class TextEncoder(nn.Module):
     out_dim: int = 128
     kind: Literal["transformer", "conv"] = "transformer"
     dtype: Dtype = jnp.float32
+    return_states: bool = False
 
     @nn.compact
     def __call__(self, tokens, train: bool = False):
-        """tokens: int (B, L) with 0 = padding -> float32 (B, out_dim).
+        """tokens: int (B, L) with 0 = padding -> float32 (B, out_dim), or with
+        `return_states` (that, float32 token states (B, L, width), bool mask (B, L)).
 
         `train` is accepted for the shared network interface; the encoder behaves the same in
         both modes (no dropout, no batch statistics).
@@ -119,4 +123,7 @@ class TextEncoder(nn.Module):
 
         weights = valid.astype(jnp.float32)[..., None]
         pooled = (h.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-        return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(pooled).astype(jnp.float32)
+        out = nn.Dense(self.out_dim, dtype=self.dtype, name="out")(pooled).astype(jnp.float32)
+        if self.return_states:
+            return out, h.astype(jnp.float32), valid
+        return out
