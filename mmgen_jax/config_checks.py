@@ -8,7 +8,7 @@ no `train.loss`), so one function serves every family.
 
 from mmgen_jax import elbo, families, losses
 from mmgen_jax.evaluation import extractors, settings
-from mmgen_jax.families import gan, vae
+from mmgen_jax.families import flow, gan, vae
 from mmgen_jax.models import dcgan, layers, text
 
 # The GAN also accepts "none": the batch carries precomputed caption embeddings
@@ -26,6 +26,8 @@ CHOICES = {
     "train.loss": losses.LOSSES,
     "train.update_order": losses.UPDATE_ORDERS,
     "train.image_likelihood": elbo.IMAGE_LIKELIHOODS,
+    "model.sampler": flow.SAMPLERS,
+    "train.time_sampling": flow.TIME_SAMPLINGS,
     "eval.extractor": tuple(extractors.REGISTRY),
     "eval.best_mode": settings.BEST_MODES,
 }
@@ -35,6 +37,7 @@ DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: compute dtype (param
 AT_LEAST = {
     "train.num_steps": 0,
     "train.batch_size": 1,
+    "model.sample_steps": 1,
     "train.max_to_keep": 1,
     "train.steps_per_dispatch": 1,
     "data.image_size": 1,

@@ -12,7 +12,7 @@ with --best) and prints a table.
 
 from absl import flags
 
-from mmgen_jax import app
+from mmgen_jax import app, runs
 from mmgen_jax.evaluation import report as report_lib
 
 FLAGS = app.flag_values()
@@ -37,6 +37,21 @@ flags.DEFINE_bool(
     "Also report the consistency the independent attribute judge reads.",
     flag_values=FLAGS,
 )
+flags.DEFINE_float(
+    "guidance",
+    None,
+    "Flow runs: classifier-free guidance scale (default: the run's).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "sample_steps", None, "Flow runs: ODE steps (default: the run's).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "sampler",
+    None,
+    "Flow runs: ODE solver, euler or heun (default: the run's).",
+    flag_values=FLAGS,
+)
 flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
@@ -57,6 +72,7 @@ def main(argv):
         FLAGS.data_dir,
         FLAGS.reference,
         FLAGS.judge,
+        sampling={name: FLAGS[name].value for name in runs.SAMPLING_FIELDS},
     )
     print(report_lib.table(report))
     print(f"wrote {report.pop('path')}")

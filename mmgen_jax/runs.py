@@ -10,10 +10,15 @@ import numpy as np
 
 from mmgen_jax import checkpoint, families, parallel
 
+# Sampling-time model fields a command may change (`sample`/`evaluate` flags of these names):
+# those of models that sample by integrating an ODE (configs/flow.py).
+SAMPLING_FIELDS = ("guidance", "sample_steps", "sampler")
 
-def load_run(workdir, step=None, checkpoints="checkpoints"):
+
+def load_run(workdir, step=None, checkpoints="checkpoints", sampling=None):
     """(config, family, sampling variables) of the run in `workdir` at `step` (default: the
-    latest) of its `checkpoints` folder (`best` holds the best checkpoint by eval metric)."""
+    latest) of its `checkpoints` folder (`best` holds the best checkpoint by eval metric).
+    `sampling`: {field of SAMPLING_FIELDS: value or None (keep the run's)} for this load."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -22,6 +27,7 @@ def load_run(workdir, step=None, checkpoints="checkpoints"):
         )
     with open(path, encoding="utf-8") as f:
         config = ml_collections.ConfigDict(json.load(f))
+    config = with_sampling(config, sampling or {}, workdir)
     family = families.get(config.model.family)(config)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, checkpoints), read_only=True)
     try:
@@ -32,6 +38,24 @@ def load_run(workdir, step=None, checkpoints="checkpoints"):
     finally:
         ckpt.close()
     return config, family, family.sampling_variables(state)
+
+
+def with_sampling(config, changes, workdir):
+    """A copy of a run's config with sampling-time `model.*` fields changed (None = keep);
+    the family checks the values when it is built. A field the run's model lacks is one clear
+    error."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    missing = [k for k in changes if k not in config.model]
+    if missing:
+        raise ValueError(
+            f"{', '.join('--' + k for k in missing)}: the {config.model.family!r} run in "
+            f"{workdir} has no model.{missing[0]}; these flags apply to runs that sample with "
+            f"them (configs/flow.py)"
+        )
+    config = config.copy_and_resolve_references()
+    for name, value in changes.items():
+        config.model[name] = type(config.model[name])(value)
+    return config
 
 
 def resolve_step(workdir, step=None, checkpoints="checkpoints"):

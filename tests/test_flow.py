@@ -276,9 +276,11 @@ def test_bad_sampling_and_time_fields_name_the_field():
         flow.Flow(config)
 
 
-def test_sampling_overrides_change_a_copy_and_refuse_other_families():
+def test_sampling_fields_change_a_copy_and_refuse_other_families():
     config = load_config("flow", "smoke")
-    changed = flow.sampling_overrides(config, guidance=4, steps=16, sampler="heun")
+    changed = runs.with_sampling(
+        config, {"guidance": 4, "sample_steps": 16, "sampler": "heun"}, "r"
+    )
     assert (changed.model.guidance, changed.model.sample_steps, changed.model.sampler) == (
         4.0,
         16,
@@ -286,6 +288,6 @@ def test_sampling_overrides_change_a_copy_and_refuse_other_families():
     )
     assert isinstance(changed.model.guidance, float)
     assert config.model.guidance == 2.0  # the original is untouched
-    assert flow.sampling_overrides(config) == config
-    with pytest.raises(ValueError, match=r"--guidance apply to flow runs only"):
-        flow.sampling_overrides(load_config("gan", "smoke"), guidance=2)
+    assert runs.with_sampling(config, {"guidance": None}, "r") == config
+    with pytest.raises(ValueError, match=r"--guidance: the 'gan' run in r has no model.guidance"):
+        runs.with_sampling(load_config("gan", "smoke"), {"guidance": 2}, "r")

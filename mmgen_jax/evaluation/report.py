@@ -25,9 +25,17 @@ _COLUMNS = (
 
 
 def evaluate(
-    workdir, step=None, best=False, overrides=None, data_dir=None, reference=True, judge=False
+    workdir,
+    step=None,
+    best=False,
+    overrides=None,
+    data_dir=None,
+    reference=True,
+    judge=False,
+    sampling=None,
 ):
-    """Measures the run in `workdir`; returns the report written to WORKDIR/eval/."""
+    """Measures the run in `workdir`; returns the report written to WORKDIR/eval/.
+    `sampling`: sampling-time model fields (runs.SAMPLING_FIELDS) to draw with."""
     workdir = os.path.abspath(workdir)
     checkpoints = "best" if best else "checkpoints"
     step = runs.resolve_step(workdir, step, checkpoints) if _has_dir(workdir, checkpoints) else None
@@ -41,7 +49,7 @@ def evaluate(
                 else ""
             )
         )
-    config, family, variables = runs.load_run(workdir, step, checkpoints)
+    config, family, variables = runs.load_run(workdir, step, checkpoints, sampling)
     settings, missing = settings_lib.with_defaults(config.get("eval"))
     if missing:
         log.warning("The run's config.json has no eval field(s) %s: using the defaults.", missing)

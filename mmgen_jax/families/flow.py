@@ -209,9 +209,7 @@ class Flow(base.Family):
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = base.ema_update(state.ema_params, params, state.step, t.ema_decay)
-        metrics = jax.lax.pmean(
-            {"loss": loss, "grad_norm": optax.tree.norm(grads)}, self.axis_name
-        )
+        metrics = jax.lax.pmean({"loss": loss, "grad_norm": optax.tree.norm(grads)}, self.axis_name)
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
         )
@@ -245,18 +243,3 @@ class Flow(base.Family):
         noise = base.example_normal(key, indices, (size, size, 3))
         images = integrate(velocity, noise, m.sample_steps, m.sampler)
         return jnp.clip(images, -1.0, 1.0)
-
-
-def sampling_overrides(config, guidance=None, steps=None, sampler=None):
-    """A copy of a flow run's config with the sampling fields a command overrides (None =
-    keep); build the family from it to draw with them. Other families' configs lack these
-    fields: asking for them there is a clear error."""
-    changes = {"guidance": guidance, "sample_steps": steps, "sampler": sampler}
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if changes and config.model.family != "flow":
-        flags = ", ".join(f"--{'steps' if k == 'sample_steps' else k}" for k in changes)
-        raise ValueError(f"{flags} apply to flow runs only; this run is {config.model.family!r}")
-    config = config.copy_and_resolve_references()
-    for name, value in changes.items():
-        config.model[name] = type(config.model[name])(value)
-    return config
