@@ -34,11 +34,14 @@ def load_config(name="gan", arg="smoke"):
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """A TFDS data_dir with the embedded digits_captions dataset prepared (once per session)."""
+def data_dir(tmp_path_factory, worker_id):
+    """A TFDS data_dir with the embedded digits_captions dataset prepared once per test run:
+    pytest-xdist workers share it (preparation is safe to run concurrently)."""
     from mmgen_jax.data import prepare
 
-    path = tmp_path_factory.mktemp("tfds")
+    root = tmp_path_factory.getbasetemp()
+    path = (root.parent if worker_id != "master" else root) / "tfds_shared"
+    path.mkdir(exist_ok=True)
     prepare.ensure_prepared("digits_captions", str(path))
     return str(path)
 
