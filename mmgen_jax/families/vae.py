@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmgen_jax import elbo, losses
+from mmgen_jax import elbo, losses, utf8
 from mmgen_jax.data import tokenizer
 from mmgen_jax.families import base
 from mmgen_jax.models import vae as vae_lib
@@ -301,27 +301,43 @@ class VAE(base.Family):
         return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
 
     def _caption(self, params, z, key, indices, temperature):
-        """Autoregressive decoding of one caption per z: greedy (temperature 0) or sampled;
-        never PAD/BOS before the end, EOS forced at the last position, PAD after EOS."""
-        length = self.config.data.max_text_len
-        keys = base.example_keys(key, indices)
+        """One caption per z (greedy at temperature 0, sampled otherwise; see
+        `decode_captions`); example i draws from fold_in(key, indices[i])."""
+
+        def next_logits(carry, previous):
+            return self._apply(params, "decode_text_step", z, previous, carry)
+
         carry = self._apply(params, "start_text", z)
-        temperature = jnp.asarray(temperature, jnp.float32)
+        keys = base.example_keys(key, indices)
+        return decode_captions(next_logits, carry, keys, self.config.data.max_text_len, temperature)
 
-        def step(state, position):
-            carry, previous, done = state
-            carry, logits = self._apply(params, "decode_text_step", z, previous, carry)
-            logits = logits.at[:, PAD_ID].set(-jnp.inf).at[:, vae_lib.BOS_ID].set(-jnp.inf)
-            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, position))(keys)
-            sampled = jax.vmap(jax.random.categorical)(
-                step_keys, logits / jnp.maximum(temperature, 1e-6)
-            )
-            token = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
-            token = jnp.where(position == length - 1, EOS_ID, token)
-            token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
-            return (carry, token, done | (token == EOS_ID)), token
 
-        start = jnp.full((z.shape[0],), vae_lib.BOS_ID, jnp.int32)
-        done = jnp.zeros((z.shape[0],), bool)
-        _, tokens = jax.lax.scan(step, (carry, start, done), jnp.arange(length))
-        return tokens.T
+def decode_captions(next_logits, carry, keys, length, temperature):
+    """Autoregressive decoding: `next_logits(carry, previous tokens (B,)) -> (carry, logits
+    (B, VOCAB_SIZE))` from BOS, one token per position; greedy at temperature 0, sampled at
+    softmax temperature `temperature` otherwise (example b from keys[b]). -> int32 (B, length).
+
+    Valid UTF-8 by construction (`utf8`: each step picks among the bytes that continue a valid
+    sequence and still fit before the end); never PAD/BOS before the end, EOS at the last
+    position at the latest, PAD after EOS."""
+    temperature = jnp.asarray(temperature, jnp.float32)
+    batch = keys.shape[0]
+
+    def step(state, position):
+        carry, previous, text_state, done = state
+        carry, logits = next_logits(carry, previous)
+        scaled = jnp.where(temperature > 0, logits / jnp.maximum(temperature, 1e-6), logits)
+        # Byte positions left after this one before the last, where only EOS fits.
+        logits = utf8.constrain(scaled, text_state, length - 2 - position)
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, position))(keys)
+        sampled = jax.vmap(jax.random.categorical)(step_keys, logits)
+        token = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
+        token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
+        text_state = utf8.advance(text_state, token)
+        return (carry, token, text_state, done | (token == EOS_ID)), token
+
+    start = jnp.full((batch,), vae_lib.BOS_ID, jnp.int32)
+    text_state = jnp.full((batch,), utf8.START, jnp.int32)
+    done = jnp.zeros((batch,), bool)
+    _, tokens = jax.lax.scan(step, (carry, start, text_state, done), jnp.arange(length))
+    return tokens.T
