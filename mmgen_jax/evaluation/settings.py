@@ -26,6 +26,9 @@ def defaults() -> ml_collections.ConfigDict:
     e.kid_subset_size = 500  # KID: samples per subset; needs at least this many per side
     e.pr_k = 3  # precision/recall: k of the k-nearest-neighbour manifolds
     e.batch_size = 256  # images per device call (rounded up to a multiple of the devices)
+    # Families with a likelihood (the VAE): importance samples per test example of the IWAE
+    # bounds of log p(image, caption), log p(image), log p(caption) (0 = not measured).
+    e.iwae_samples = 16
     e.seed = 0  # noise seed of the generated images (image i uses fold_in(key, i))
     e.best_metric = "fd_digits"  # metric that picks the best checkpoint (WORKDIR/best/)
     e.best_mode = "min"  # one of BEST_MODES: which direction of best_metric is better

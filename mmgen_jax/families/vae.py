@@ -43,7 +43,9 @@ class VAEState:
 class VAE(base.Family):
     """The family: networks and optimizer from a config, pure functions over VAEState."""
 
-    capabilities = frozenset({base.TEXT_TO_IMAGE, base.IMAGE_TO_TEXT, base.JOINT, base.RECONSTRUCT})
+    capabilities = frozenset(
+        {base.TEXT_TO_IMAGE, base.IMAGE_TO_TEXT, base.JOINT, base.RECONSTRUCT, base.LIKELIHOOD}
+    )
 
     def __init__(self, config, axis_name="data"):
         super().__init__(config, axis_name)
@@ -292,13 +294,60 @@ class VAE(base.Family):
         text_q = self._apply(params, "encode_text", tokens)
         experts = self._joint_posterior(image_q, text_q)
         key = jax.random.fold_in(key, 0)
-        if self.config.model.fusion == "poe":
-            z = self._sample(key, indices, *elbo.product_of_experts(*experts))
-        else:
-            keys = base.example_keys(key, indices)
-            pick = jax.vmap(lambda k, m, v: elbo.mixture_sample(k, m, v)[0], in_axes=(0, 1, 1))
-            z = pick(keys, *experts)
+        z = self._joint_sample(key, indices, experts)
         return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
+
+    def _joint_sample(self, key, indices, experts):
+        """z ~ q(z|x,t): the product of the experts (PoE) or a draw from their mixture (MoE)."""
+        if self.config.model.fusion == "poe":
+            return self._sample(key, indices, *elbo.product_of_experts(*experts))
+        keys = base.example_keys(key, indices)
+        pick = jax.vmap(lambda k, m, v: elbo.mixture_sample(k, m, v)[0], in_axes=(0, 1, 1))
+        return pick(keys, *experts)
+
+    def _joint_log_prob(self, z, experts):
+        """log q(z|x,t) of `_joint_sample`'s posterior."""
+        if self.config.model.fusion == "poe":
+            return elbo.gaussian_log_prob(z, *elbo.product_of_experts(*experts))
+        return elbo.mixture_log_prob(z, *experts)
+
+    # ---- likelihood ------------------------------------------------------------------
+    def log_likelihood(self, variables, images, tokens, key, indices, num_samples):
+        """Importance-weighted bounds (IWAE, Burda et al. 2016) of log p(x, t), log p(x) and
+        log p(t) per example, in nats: log (1/K) sum_k p(. | z_k) p(z_k) / q(z_k | .) with
+        K = `num_samples` draws z_k ~ q from the posterior the family infers from what is
+        given: q(z|x,t) (`_joint_sample`), q(z|x), q(z|t) (`_unimodal`). K = 1 is a
+        single-sample ELBO; the bound tightens as K grows. The likelihood terms are the
+        training ones, unweighted (no text_weight, beta = 1) and without word dropout.
+        Draw k of example i for bound m (0 joint, 1 image, 2 caption) uses
+        fold_in(fold_in(fold_in(key, m), k), indices[i])."""
+        params = variables["params"]
+        image_q = self._apply(params, "encode_image", images)
+        text_q = self._apply(params, "encode_text", tokens)
+        experts = self._joint_posterior(image_q, text_q)
+        image_q, text_q = self._unimodal(image_q), self._unimodal(text_q)
+        inputs = vae_lib.shift_right(tokens)
+        zeros = jnp.zeros_like(image_q[0])
+
+        def log_weights(k):
+            keys = [jax.random.fold_in(jax.random.fold_in(key, m), k) for m in range(3)]
+            z_joint = self._joint_sample(keys[0], indices, experts)
+            z_image, z_text = (
+                self._sample(kq, indices, *q) for kq, q in zip(keys[1:], (image_q, text_q))
+            )
+            (ll_x, ll_x_only), (ll_t, ll_t_only), _, _ = self._likelihoods(
+                params, [z_joint, z_image], [z_joint, z_text], images, tokens, inputs
+            )
+            prior = [elbo.gaussian_log_prob(z, zeros, zeros) for z in (z_joint, z_image, z_text)]
+            return {
+                "joint": ll_x + ll_t + prior[0] - self._joint_log_prob(z_joint, experts),
+                "image": ll_x_only + prior[1] - elbo.gaussian_log_prob(z_image, *image_q),
+                "text": ll_t_only + prior[2] - elbo.gaussian_log_prob(z_text, *text_q),
+            }
+
+        weights = jax.lax.map(log_weights, jnp.arange(num_samples))  # {bound: (K, N)}
+        log_k = jnp.log(jnp.float32(num_samples))
+        return {m: jax.nn.logsumexp(w, axis=0) - log_k for m, w in weights.items()}
 
     def _caption(self, params, z, key, indices, temperature):
         """One caption per z (greedy at temperature 0, sampled otherwise; see
