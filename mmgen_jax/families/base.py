@@ -22,6 +22,8 @@ names the method that provides it:
   JOINT          joint(variables, key, indices) -> (images, tokens)
   RECONSTRUCT    reconstruct(variables, images, tokens, key, indices) -> (images, tokens)
   FEATURES       features_and_predictions(variables, images) -> (features, {head: class})
+  POSTERIOR      posterior(variables, images, tokens, key, indices) -> latent codes z
+                 ~ q(z | image, caption) (N, D)
   LIKELIHOOD     log_likelihood(variables, images, tokens, key, indices, num_samples)
                  -> {"joint", "image", "text": (N,)} lower bounds of log p(x, t), log p(x),
                  log p(t) in nats per example (e.g. importance-weighted, num_samples draws)
@@ -45,6 +47,7 @@ IMAGE_TO_TEXT = "image_to_text"
 JOINT = "joint"
 RECONSTRUCT = "reconstruct"
 FEATURES = "features"
+POSTERIOR = "posterior"
 LIKELIHOOD = "likelihood"
 
 # Capability -> the method that provides it.
@@ -54,6 +57,7 @@ METHODS = {
     JOINT: "joint",
     RECONSTRUCT: "reconstruct",
     FEATURES: "features_and_predictions",
+    POSTERIOR: "posterior",
     LIKELIHOOD: "log_likelihood",
 }
 

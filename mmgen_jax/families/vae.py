@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmgen_jax import elbo, losses, utf8
+from mmgen_jax import elbo, latent_mixture, losses, utf8
 from mmgen_jax.data import tokenizer
 from mmgen_jax.families import base
 from mmgen_jax.models import vae as vae_lib
@@ -44,7 +44,14 @@ class VAE(base.Family):
     """The family: networks and optimizer from a config, pure functions over VAEState."""
 
     capabilities = frozenset(
-        {base.TEXT_TO_IMAGE, base.IMAGE_TO_TEXT, base.JOINT, base.RECONSTRUCT, base.LIKELIHOOD}
+        {
+            base.TEXT_TO_IMAGE,
+            base.IMAGE_TO_TEXT,
+            base.JOINT,
+            base.RECONSTRUCT,
+            base.POSTERIOR,
+            base.LIKELIHOOD,
+        }
     )
 
     def __init__(self, config, axis_name="data"):
@@ -280,22 +287,34 @@ class VAE(base.Family):
         return self._caption(params, z, jax.random.fold_in(key, 1), indices, temperature)
 
     def joint(self, variables, key, indices):
-        """z ~ N(0, I) -> (images in [-1, 1], greedy caption tokens), one pair per index."""
+        """z from the prior -> (images in [-1, 1], greedy caption tokens), one pair per index.
+        The prior is N(0, I), or the mixture in variables["latent_mixture"] when there is one
+        (`latent_mixture.fit` to codes from `posterior`: ex-post density estimation)."""
         params = variables["params"]
-        dim = self.config.model.latent_dim
-        zeros = jnp.zeros((indices.shape[0], dim), jnp.float32)
-        z = self._sample(key, indices, zeros, zeros)
+        if "latent_mixture" in variables:
+            mixture = variables["latent_mixture"]
+            keys = base.example_keys(key, indices)
+            z = jax.vmap(lambda k: latent_mixture.sample(k, mixture))(keys)
+        else:
+            dim = self.config.model.latent_dim
+            zeros = jnp.zeros((indices.shape[0], dim), jnp.float32)
+            z = self._sample(key, indices, zeros, zeros)
         return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
 
     def reconstruct(self, variables, images, tokens, key, indices):
         """(image, caption) -> z ~ q(z|x,t) -> (images in [-1, 1], greedy caption tokens)."""
         params = variables["params"]
+        key = jax.random.fold_in(key, 0)
+        z = self.posterior(variables, images, tokens, key, indices)
+        return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
+
+    def posterior(self, variables, images, tokens, key, indices):
+        """Latent codes z ~ q(z|x,t) (N, latent_dim) of image-caption pairs: the aggregate
+        posterior's samples, e.g. to fit a prior for `joint`."""
+        params = variables["params"]
         image_q = self._apply(params, "encode_image", images)
         text_q = self._apply(params, "encode_text", tokens)
-        experts = self._joint_posterior(image_q, text_q)
-        key = jax.random.fold_in(key, 0)
-        z = self._joint_sample(key, indices, experts)
-        return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
+        return self._joint_sample(key, indices, self._joint_posterior(image_q, text_q))
 
     def _joint_sample(self, key, indices, experts):
         """z ~ q(z|x,t): the product of the experts (PoE) or a draw from their mixture (MoE)."""

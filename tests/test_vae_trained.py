@@ -1,15 +1,19 @@
-"""A smoke-trained multimodal VAE: its test-set likelihood (IWAE bounds) and the captions of
-its joint samples (valid UTF-8 by construction)."""
+"""A smoke-trained multimodal VAE: its test-set likelihood (IWAE bounds), the captions of
+its joint samples (valid UTF-8 by construction), and joint samples from a mixture fitted to
+its training codes (`sample --joint_prior=mixture`)."""
 
+import json
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import ROOT, load_config
 
-from mmgen_jax import elbo, parallel, runs, train
+from mmgen_jax import elbo, latent_mixture, parallel, runs, sample, train
 from mmgen_jax.data import tokenizer
 from mmgen_jax.evaluation import suite
 from mmgen_jax.families import base
@@ -18,14 +22,14 @@ from mmgen_jax.models import vae as vae_lib
 
 @pytest.fixture(scope="module", params=["moe", "poe"])
 def trained(request, tmp_path_factory, data_dir):
-    """(family, variables, 16 test examples) of a smoke run of each fusion."""
+    """(family, variables, 16 test examples, workdir) of a smoke run of each fusion."""
     config = load_config("vae", f"smoke,{request.param}")
     config.data.data_dir = data_dir
     workdir = tmp_path_factory.mktemp(f"vae_{request.param}")
     train.train_and_evaluate(config, str(workdir))
     _, family, variables = runs.load_run(str(workdir))
     test = suite.load_split(family.config, "test", 16, data_dir)
-    return family, variables, test
+    return family, variables, test, workdir
 
 
 def _bounds(family, variables, test, num_samples, seed=0, batch_size=16):
@@ -41,7 +45,7 @@ def _bounds(family, variables, test, num_samples, seed=0, batch_size=16):
 
 def test_a_single_sample_bound_is_the_elbo_estimate_of_those_draws(trained):
     """K = 1, recomputed here from the networks and elbo.py with the documented draws."""
-    family, variables, test = trained
+    family, variables, test, _ = trained
     params, t = variables["params"], family.config.train
     images, tokens = jnp.asarray(test["image"]), jnp.asarray(test["text"])
     index = jnp.arange(len(tokens), dtype=jnp.uint32)
@@ -98,7 +102,7 @@ def test_a_single_sample_bound_is_the_elbo_estimate_of_those_draws(trained):
 
 
 def test_the_bound_tightens_with_more_samples_and_is_deterministic(trained):
-    family, variables, test = trained
+    family, variables, test, _ = trained
     by_k = {k: _bounds(family, variables, test, k) for k in (1, 8, 64)}
     for name in ("joint", "image", "text"):
         means = [float(np.mean(by_k[k][name])) for k in (1, 8, 64)]
@@ -119,7 +123,7 @@ def test_bits_per_dim_of_a_uniform_density_is_eight():
 
 
 def test_trained_joint_samples_and_sampled_captions_are_strict_utf8(trained):
-    family, variables, test = trained
+    family, variables, test, _ = trained
     index = jnp.arange(64, dtype=jnp.uint32)
     _, joint_tokens = family.joint(variables, jax.random.PRNGKey(0), index)
     images = jnp.asarray(np.resize(test["image"], (64,) + test["image"].shape[1:]))
@@ -131,3 +135,60 @@ def test_trained_joint_samples_and_sampled_captions_are_strict_utf8(trained):
         eos = row.index(tokenizer.EOS)
         assert all(t == tokenizer.PAD for t in row[eos + 1 :])
         bytes(t - tokenizer.BYTE_OFFSET for t in row[:eos]).decode("utf-8")  # strict
+
+
+def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained):
+    family, variables, _, workdir = trained
+    fitted = sample.with_fitted_prior(family.config, family, variables, 48, 3, 0, 16)
+    mixture = fitted["latent_mixture"]
+    dim = family.config.model.latent_dim
+    assert mixture["means"].shape == mixture["logvars"].shape == (3, dim)
+    assert np.exp(mixture["log_weights"]).sum() == pytest.approx(1.0, abs=1e-5)
+    # Fitted to the codes of those training pairs: EM keeps the mixture's mean at theirs.
+    train_split = sample.eval_examples(family.config, 48, family.config.data.train_split)
+    codes = family.posterior(
+        variables,
+        train_split["image"],
+        train_split["text"],
+        jax.random.split(jax.random.PRNGKey(0))[0],
+        jnp.arange(48, dtype=jnp.uint32),
+    )
+    weights = np.exp(mixture["log_weights"])[:, None]
+    np.testing.assert_allclose(np.sum(weights * mixture["means"], 0), codes.mean(0), atol=1e-4)
+    assert np.all(np.isfinite(latent_mixture.log_prob(codes, mixture)))
+    again = sample.with_fitted_prior(family.config, family, variables, 48, 3, 0, 16)
+    np.testing.assert_array_equal(again["latent_mixture"]["means"], mixture["means"])
+    index = jnp.arange(8, dtype=jnp.uint32)
+    key = jax.random.PRNGKey(0)
+    images, tokens = family.joint(fitted, key, index)
+    plain, _ = family.joint(variables, key, index)
+    assert images.shape == plain.shape and not np.allclose(images, plain)
+    for row in np.asarray(tokens):
+        row = list(row)
+        bytes(t - tokenizer.BYTE_OFFSET for t in row[: row.index(tokenizer.EOS)]).decode("utf-8")
+    if family.config.model.fusion == "poe":  # the command line is the same for both
+        return
+    out = workdir / "joint_mixture"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmgen_jax.sample",
+            f"--workdir={workdir}",
+            "--mode=joint",
+            "--joint_prior=mixture",
+            "--mixture_components=3",
+            "--mixture_examples=48",
+            "--num=4",
+            f"--out_dir={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 Gaussians fitted to the codes of 48 training pairs" in result.stdout
+    rows = [json.loads(line) for line in (out / "index.jsonl").read_text("utf-8").splitlines()]
+    assert len(rows) == 4 and (out / "000003.png").exists()
