@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, load_config
 
-from mmgen_jax import elbo, latent_mixture, parallel, runs, sample, train
+from mmgen_jax import app, elbo, latent_mixture, parallel, runs, sample, train
 from mmgen_jax.data import tokenizer
 from mmgen_jax.evaluation import suite
 from mmgen_jax.families import base
@@ -166,6 +166,8 @@ def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained):
     for row in np.asarray(tokens):
         row = list(row)
         bytes(t - tokenizer.BYTE_OFFSET for t in row[: row.index(tokenizer.EOS)]).decode("utf-8")
+    with pytest.raises(app.UsageError, match="--mixture_components=3 needs at least as many"):
+        sample.with_fitted_prior(family.config, family, variables, 2, 3, 0, 16)
     if family.config.model.fusion == "poe":  # the command line is the same for both
         return
     out = workdir / "joint_mixture"
