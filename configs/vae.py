@@ -4,8 +4,8 @@ image -> text.
 Run (trains on the embedded `digits_captions` data, ~12 min on 2 CPU cores):
     python -m mmgen_jax.main --config=configs/vae.py --workdir=runs/vae
 Variants: `configs/vae.py:smoke` (seconds; tests and CI), `configs/vae.py:poe` (product of
-experts, MVAE) and `configs/vae.py:moe` (mixture of experts, MMVAE; the default); combine
-with commas.
+experts, MVAE), `configs/vae.py:moe` (mixture of experts, MMVAE; the default) and
+`configs/vae.py:minilm` (the pretrained English text encoder); combine with commas.
 Sample: python -m mmgen_jax.sample --workdir=runs/vae --mode=image2text --out_dir=captions
 """
 
@@ -22,7 +22,9 @@ def get_config(arg=None):
     m.fusion = "moe"  # joint posterior: "moe" (mixture, MMVAE) or "poe" (product + prior, MVAE)
     m.latent_dim = 32  # size of z
     m.image_width = 16  # image encoder/decoder base width (doubles at each 2x step)
-    m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs) or "transformer"
+    m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs), "transformer" or
+    # "minilm" (pretrained all-MiniLM-L6-v2, English; with data.tokenizer="minilm")
+    m.text_encoder_trainable = False  # "minilm": fine-tune it (True) or keep it frozen
     m.text_embed_dim = 32  # byte-token embedding width (caption encoder and decoder)
     m.text_width = 64  # hidden width of the caption encoder
     m.text_layers = 2  # caption encoder depth
@@ -92,4 +94,4 @@ def _moe(c):
     c.model.fusion = "moe"
 
 
-VARIANTS = {"smoke": _smoke, "poe": _poe, "moe": _moe}
+VARIANTS = {"smoke": _smoke, "poe": _poe, "moe": _moe, "minilm": common.minilm}

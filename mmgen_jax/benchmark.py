@@ -91,6 +91,7 @@ def input_examples_per_sec(config, batches=50):
         num_threads=d.num_threads,
         prefetch=d.prefetch,
         builder_kwargs=pipeline.builder_kwargs(d),
+        tokenizer_name=d.get("tokenizer", "bytes"),
     )
     next(stream)  # start-up (threads, file handles) is not throughput
     start = time.perf_counter()

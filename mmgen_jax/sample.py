@@ -21,6 +21,7 @@ whatever the batch size.
 
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -96,7 +97,8 @@ flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 def generate(family, variables, captions, max_text_len, seed=0, batch_size=256):
     """uint8 images (N, H, W, 3) for N captions; image i uses noise index i."""
-    tokens = tokenizer.encode_batch(captions, max_text_len)
+    text = tokenizer.by_name(family.config.data.get("tokenizer", "bytes"))
+    tokens = text.encode_batch(captions, max_text_len)
     return writers.to_uint8(generate_from_tokens(family, variables, tokens, seed, batch_size))
 
 
@@ -117,12 +119,12 @@ def describe(family, variables, images, seed=0, batch_size=256, temperature=0.0)
         len(images),
         batch_size,
     )
-    return [tokenizer.decode(t) for t in tokens]
+    decode = tokenizer.by_name(family.config.data.get("tokenizer", "bytes")).decode
+    return [decode(t) for t in tokens]
 
 
-def read_images(images_dir, image_size):
-    """(file names, float images (N, S, S, 3) in [-1, 1]) of the PNG/JPEG files in a folder,
-    converted to RGB and centre-cropped/resized as training data are."""
+def image_names(images_dir):
+    """The PNG/JPEG file names of a folder, sorted; a clear error if there are none."""
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"--images_dir={images_dir} is not a folder of images")
     names = sorted(
@@ -130,14 +132,35 @@ def read_images(images_dir, image_size):
     )
     if not names:
         raise ValueError(f"{images_dir} holds no .png/.jpg/.jpeg files")
-    images = []
-    for name in names:
+    return names
+
+
+def read_images(images_dir, image_size):
+    """(file names, float images (N, S, S, 3) in [-1, 1]) of the PNG/JPEG files in a folder,
+    converted to RGB and centre-cropped/resized as training data are. Files that do not
+    decode (truncated, not an image, over PIL's decompression-bomb limit) are skipped with a
+    warning each and a count."""
+    names, images, skipped = [], [], 0
+    for name in image_names(images_dir):
         try:
             with Image.open(os.path.join(images_dir, name)) as im:
                 array = np.asarray(im.convert("RGB"))
-        except OSError as e:
-            raise ValueError(f"{images_dir}/{name} is not a readable image ({e})") from e
+        # DecompressionBombError is not an OSError; broken PNG chunks raise SyntaxError.
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            print(
+                f"warning: skipped {images_dir}/{name}: not a readable image ({e})", file=sys.stderr
+            )
+            skipped += 1
+            continue
+        names.append(name)
         images.append(pipeline.preprocess({"image": array}, image_size, 1)["image"])
+    if skipped:
+        print(
+            f"warning: skipped {skipped} of {skipped + len(names)} files in {images_dir}",
+            file=sys.stderr,
+        )
+    if not names:
+        raise ValueError(f"no file in {images_dir} is a readable image (all {skipped} skipped)")
     return names, np.stack(images)
 
 
@@ -153,6 +176,7 @@ def eval_examples(config, num=None, split=None):
         num=num or 2**31 - 1,
         builder_kwargs=pipeline.builder_kwargs(d),
         at_most=True,
+        tokenizer_name=d.get("tokenizer", "bytes"),
     )
 
 
@@ -193,11 +217,12 @@ def main(argv):
         raise app.UsageError("--captions_file needs --out_dir")
     if FLAGS.caption and not FLAGS.out:
         raise app.UsageError("--caption needs --out")
+    # The captions are checked before the checkpoint loads: a bad file fails at once.
+    captions = read_captions(FLAGS.captions_file) if FLAGS.captions_file else None
     config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
     _require(family, config, "text2image")
     max_len = config.data.max_text_len
     if FLAGS.captions_file:
-        captions = read_captions(FLAGS.captions_file)
         images = generate(family, variables, captions, max_len, FLAGS.seed, FLAGS.batch_size)
         write_folder(FLAGS.out_dir, images, [{"caption": c} for c in captions])
     else:
@@ -234,9 +259,12 @@ def sample_vae(mode):
     images and captions."""
     if not FLAGS.out_dir:
         raise app.UsageError(f"--mode={mode} needs --out_dir")
+    if mode == "image2text" and FLAGS.images_dir:
+        image_names(FLAGS.images_dir)  # a wrong folder fails before the checkpoint loads
     config, family, variables = load_run(FLAGS.workdir, FLAGS.step)
     _require(family, config, mode)
     key, size = jax.random.PRNGKey(FLAGS.seed), FLAGS.batch_size
+    decode = tokenizer.by_name(config.data.get("tokenizer", "bytes")).decode
     if mode == "image2text":
         if FLAGS.images_dir:
             names, images = read_images(FLAGS.images_dir, config.data.image_size)
@@ -261,7 +289,7 @@ def sample_vae(mode):
         images, tokens = batched(
             lambda s, i: family.joint(s[0], s[1], i), (variables, key), [], FLAGS.num, size
         )
-        write_folder(FLAGS.out_dir, images, [{"caption": tokenizer.decode(t)} for t in tokens])
+        write_folder(FLAGS.out_dir, images, [{"caption": decode(t)} for t in tokens])
     else:  # reconstruct
         examples = eval_examples(config, FLAGS.num)
         images, tokens = batched(
@@ -271,10 +299,7 @@ def sample_vae(mode):
             len(examples["image"]),
             size,
         )
-        rows = [
-            {"caption": tokenizer.decode(t), "reference": c}
-            for t, c in zip(tokens, examples["caption"])
-        ]
+        rows = [{"caption": decode(t), "reference": c} for t, c in zip(tokens, examples["caption"])]
         write_folder(FLAGS.out_dir, images, rows)
 
 

@@ -6,10 +6,11 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmgen_jax import checkpoint, families, parallel, report, writers
+from mmgen_jax import checkpoint, families, parallel, report, run_config, workdir_lock, writers
 from mmgen_jax.data import pipeline, prepare, tokenizer
 from mmgen_jax.evaluation import during_training
 from mmgen_jax.families import base
@@ -32,6 +33,8 @@ RESUMABLE_CHANGES = (
 
 log = logging.getLogger("mmgen_jax")
 
+FINITE = "state_is_finite"  # the loop's own metric (see with_finite_flag), never logged
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     """Trains `config` in `workdir`: resumes from its latest checkpoint if there is one, else
@@ -42,10 +45,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    # Before anything in the workdir is read or written: a second run refuses here.
+    with workdir_lock.WorkdirLock(workdir, enabled=is_main):
+        return _train(config, workdir, is_main)
+
+
+def _train(config, workdir, is_main):
+    # Checked whenever config.json exists, checkpoint or not ("eval.": how a run is
+    # measured, not what it learns).
+    run_config.check_matches_saved(workdir, config, may_change=(*RESUMABLE_CHANGES, "eval."))
     ckpt = checkpoint.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.train.max_to_keep
     )
-    _write_run_files(config, workdir, is_main, resuming=ckpt.latest_step() is not None)
 
     mesh = parallel.make_mesh()
     family = families.get(config.model.family)(config, axis_name=parallel.AXIS)
@@ -63,10 +74,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         num_threads=config.data.num_threads,
         prefetch=config.data.prefetch,
         builder_kwargs=pipeline.builder_kwargs(config.data),
+        tokenizer_name=config.data.get("tokenizer", "bytes"),
     )
 
     rng = jax.random.PRNGKey(config.seed)
     state, start = _restore_or_init(family, ckpt, stream, rng, mesh, config.get("init_from"))
+    _write_run_files(config, workdir, is_main, start)
 
     num_steps = config.train.num_steps
     if start >= num_steps:
@@ -87,7 +100,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         return state
 
     k = _steps_per_dispatch(config, start)
-    train_step = parallel.data_parallel(family.train_step, mesh, steps_per_dispatch=k)
+    train_step = parallel.data_parallel(
+        with_finite_flag(family.train_step), mesh, steps_per_dispatch=k
+    )
     batches = parallel.Prefetcher(
         stream if k == 1 else parallel.Grouped(stream, k),
         lambda b: parallel.global_batch(family.device_batch(b), mesh, stacked=k > 1),
@@ -125,12 +140,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             stopping = _should_stop(stop, ckpt, step)
             last = step == num_steps or stopping
             if last or itstime(step, t.log_every):
-                averaged = _mean_metrics(pending, step, family.nan_hint)
+                averaged = _mean_metrics(pending, step, family.nan_hint, workdir)
                 pending = []
                 rate = progress.log(step, averaged)
                 writer.scalars(step, {**averaged, "steps_per_sec": rate})
             if last or itstime(step, t.checkpoint_every):
-                ckpt.save(step, state, batches.state)
+                _check_finite(metrics, step, ckpt, family.nan_hint)
+                # The flag just checked: save skips its own reduction over the state.
+                ckpt.save(step, state, batches.state, finite=metrics[FINITE])
             if samples is not None and itstime(step, t.sample_every, last):
                 samples.write(step, state, writer)
                 page.request()
@@ -164,7 +181,7 @@ def _restore_or_init(family, ckpt, stream, rng, mesh, init_from=None):
     """Resumes from the workdir's latest checkpoint, else starts from the parameters of the
     run `init_from` (a workdir), else initialises. -> (state, step)."""
     replicated = parallel.replicated(mesh)
-    latest = ckpt.latest_step()
+    latest = ckpt.intact_step()  # a damaged latest step is reported and set aside
     if latest is None:
         state = jax.jit(family.init, out_shardings=replicated)(rng)
         if init_from:
@@ -222,7 +239,33 @@ def _should_stop(stop, ckpt, step):
     return bool(stop)
 
 
-def _mean_metrics(pending, step, nan_hint):
+def with_finite_flag(train_step):
+    """`train_step` whose metrics also hold FINITE: 1.0 when the new state has no NaN or Inf.
+    The loop reads it before every save, so a diverged state is never checkpointed (nor
+    rotates the good checkpoints out)."""
+
+    def step(state, batch):
+        state, metrics = train_step(state, batch)
+        finite = checkpoint.all_finite(state)
+        return state, {**metrics, FINITE: finite.astype(jnp.float32)}
+
+    return step
+
+
+def _check_finite(metrics, step, ckpt, nan_hint):
+    if np.all(jax.device_get(metrics[FINITE])):
+        return
+    good = ckpt.latest_step()
+    kept = f"step {good}, the last finite state, is kept" if good else "no checkpoint was saved"
+    raise FloatingPointError(
+        f"the training state became non-finite by step {step} and was not saved ({kept}). "
+        f"The run diverged: {nan_hint} and start a new workdir, or continue from the kept "
+        f"checkpoint in a new workdir with --config.init_from={os.path.dirname(ckpt.directory)}."
+    )
+
+
+def _mean_metrics(pending, step, nan_hint, workdir):
+    pending = [{k: v for k, v in m.items() if k != FINITE} for m in pending]
     host = jax.device_get(pending)
     # A metric is a scalar per dispatch, or one value per step with steps_per_dispatch > 1.
     averaged = {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in host[0]}
@@ -231,7 +274,7 @@ def _mean_metrics(pending, step, nan_hint):
         raise FloatingPointError(
             f"{', '.join(bad)} became non-finite by step {step}. The run diverged: "
             f"{nan_hint} and start a new workdir, or continue from this run's last "
-            f"checkpoint in a new workdir with --config.init_from=THIS_WORKDIR."
+            f"checkpoint in a new workdir with --config.init_from={workdir}."
         )
     return averaged
 
@@ -252,11 +295,13 @@ class _SampleGrid:
             num=t.sample_rows,
             builder_kwargs=pipeline.builder_kwargs(d),
             at_most=True,
+            tokenizer_name=d.get("tokenizer", "bytes"),
         )
         self.captions = list(examples["caption"])
         self.real, self.tokens = examples["image"], examples["text"]
         self.key = jax.random.PRNGKey(config.seed + 1)
         self.family = family
+        self._decode = tokenizer.by_name(d.get("tokenizer", "bytes")).decode
         self.dir = os.path.join(workdir, "samples")
         os.makedirs(self.dir, exist_ok=True)
         self._columns = jax.jit(functools.partial(family.grid_columns, cols=t.sample_cols))
@@ -265,7 +310,7 @@ class _SampleGrid:
         # Process 0 samples on its first device from its own copy of the replicated state.
         variables = parallel.single_copy(self.family.sampling_variables(state))
         columns = [
-            (title.text, np.asarray(images), _decode_all(notes))
+            (title.text, np.asarray(images), self._decode_all(notes))
             for title, images, notes in self._columns(variables, self.real, self.tokens, self.key)
         ]
         writes = any(notes is not None for _, _, notes in columns)
@@ -275,57 +320,25 @@ class _SampleGrid:
         grid.save(os.path.join(self.dir, f"step_{step}.png"))
         writer.image(step, "samples", grid)
 
+    def _decode_all(self, tokens):
+        return None if tokens is None else [self._decode(t) for t in np.asarray(tokens)]
 
-def _decode_all(tokens):
-    return None if tokens is None else [tokenizer.decode(t) for t in np.asarray(tokens)]
 
-
-def _write_run_files(config, workdir, is_main, resuming):
-    """config.json (the run's identity) and manifest.json; refuses to resume a checkpoint
-    with a config that makes it a different experiment."""
-    path = os.path.join(workdir, "config.json")
-    if resuming and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = _flatten(json.load(f))
-        current = _flatten(json.loads(config.to_json()))
-        changed = sorted(
-            k
-            for k in set(saved) | set(current)
-            if saved.get(k) != current.get(k)
-            and k not in RESUMABLE_CHANGES
-            and not k.startswith("eval.")  # how a run is measured, not what it learns
+def _write_run_files(config, workdir, is_main, start):
+    """config.json (the run's identity) and this start in manifest.json; warns when a
+    resumed run continues on another device count than its last training start."""
+    before = (writers.last_training_start(workdir) or {}).get("device_count")
+    if start > 0 and before not in (None, jax.device_count()):
+        # Same experiment, but sums are split differently: not bit-identical any more.
+        log.warning(
+            "This run was last trained on %d devices and resumes on %d: from here on its "
+            "numbers differ in floating-point rounding from a run that stayed on %d "
+            "(for bit-identical results, resume with --cpu_devices=%d or the same devices).",
+            before,
+            jax.device_count(),
+            before,
+            before,
         )
-        if changed:
-            raise ValueError(
-                f"{workdir} holds a run with a different config ({', '.join(changed)} "
-                f"differ from {path}). A workdir is one experiment: use a new --workdir, "
-                f"or rerun with the saved config to resume it."
-            )
-    manifest_path = os.path.join(workdir, "manifest.json")
-    if resuming and os.path.exists(manifest_path):
-        with open(manifest_path, encoding="utf-8") as f:
-            before = json.load(f).get("device_count")
-        if before not in (None, jax.device_count()):
-            # Same experiment, but sums are split differently: not bit-identical any more.
-            log.warning(
-                "This run was last trained on %d devices and resumes on %d: from here on its "
-                "numbers differ in floating-point rounding from a run that stayed on %d "
-                "(for bit-identical results, resume with --cpu_devices=%d or the same devices).",
-                before,
-                jax.device_count(),
-                before,
-                before,
-            )
     if is_main:
-        writers.write_json(path, json.loads(config.to_json()))
-        writers.write_json(manifest_path, writers.manifest(config))
-
-
-def _flatten(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+        writers.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+        writers.record_start(workdir, config, start)

@@ -90,7 +90,10 @@ class MetricWriter:
 
 
 def _drop_rows_after(path, step):
-    """Keeps the rows of `path` with "step" <= `step` (atomically; no-op if none differ)."""
+    """Keeps the rows of `path` with "step" <= `step` (atomically; no-op if none differ).
+
+    Step 0 means nothing to resume from: rows after it would be erased, not redone, so
+    that is refused (the user moves them away to start over)."""
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
@@ -105,6 +108,13 @@ def _drop_rows_after(path, step):
             continue
     if len(kept) == len(lines):
         return
+    if step == 0:
+        raise ValueError(
+            f"{path} holds {len(lines) - len(kept)} rows of training, but there is no "
+            f"checkpoint to resume from, so this run would start at step 0 and erase them. "
+            f"To start over in this workdir, move them away first (mv {path} "
+            f"{path[: -len('.jsonl')]}.old.jsonl); or use a new --workdir."
+        )
     log.warning("%s: dropping %d rows after step %d (redone)", path, len(lines) - len(kept), step)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -279,6 +289,47 @@ def manifest(config):
         "process_count": jax.process_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def record_start(workdir, config, start_step, changed=()):
+    """Adds this invocation to `workdir`/manifest.json and returns the new manifest.
+
+    "starts" lists every invocation: `manifest(config)` plus the step it started from,
+    num_steps, when, and the config fields it `changed` from config.json (those allowed to
+    change on resumption). The top-level fields are those of the last start that trained
+    (start_step < num_steps): what the run's latest steps came from. A rerun that has
+    nothing to do only adds to the list."""
+    path = os.path.join(workdir, "manifest.json")
+    top = last_training_start(workdir) or {}
+    starts = _read_json(path).get("starts") or ([top] if top else [])  # older: one start
+    num_steps = int(config.train.num_steps)
+    record = {
+        **manifest(config),
+        "start_step": int(start_step),
+        "num_steps": num_steps,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "changed": sorted(changed),
+    }
+    if start_step < num_steps:
+        top = record
+    updated = {**top, "starts": [*starts, record]}
+    write_json(path, updated)
+    return updated
+
+
+def last_training_start(workdir):
+    """manifest.json's record of the last start that trained (older manifests: the only
+    one), or None if there is no manifest. Resume checks compare against this one."""
+    record = _read_json(os.path.join(workdir, "manifest.json"))
+    record.pop("starts", None)
+    return record or None
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _git_state():

@@ -227,8 +227,10 @@ def test_judges_read_their_folder_or_say_why_not(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == {
         "n": 1,
         "well_formed": 1.0,
-        "digit": 1.0,
-        "colours": 1.0,
+        "label": 1.0,
+        "fg": 1.0,
+        "bg": 1.0,
+        "all": 1.0,
     }
 
 

@@ -44,16 +44,16 @@ def digits():
 
 
 def stream(data_dir, **overrides):
-    kwargs = dict(
-        name=NAME,
-        data_dir=data_dir,
-        split="train",
-        image_size=32,
-        max_text_len=64,
-        global_batch_size=8,
-        seed=0,
-        num_threads=2,
-    )
+    kwargs = {
+        "name": NAME,
+        "data_dir": data_dir,
+        "split": "train",
+        "image_size": 32,
+        "max_text_len": 64,
+        "global_batch_size": 8,
+        "seed": 0,
+        "num_threads": 2,
+    }
     kwargs.update(overrides)
     return pipeline.TrainStream(**kwargs)
 

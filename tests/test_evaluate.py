@@ -161,11 +161,13 @@ class _Describer:
     """A GAN family plus the caption methods of the multimodal VAE, answering with the test
     set's own captions: a perfect describer, and joint samples that are real pairs."""
 
+    capabilities = frozenset({base.TEXT_TO_IMAGE, base.IMAGE_TO_TEXT, base.JOINT})
+
     def __init__(self, gan, test):
         self.gan, self.test = gan, test
 
     def can(self, capability):
-        return capability in (base.TEXT_TO_IMAGE, base.IMAGE_TO_TEXT, base.JOINT)
+        return capability in self.capabilities
 
     def generate(self, variables, tokens, key, indices):
         return self.gan.generate(variables, tokens, key, indices)

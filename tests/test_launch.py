@@ -32,7 +32,9 @@ def test_local_dry_run_prints_the_main_command():
 
 
 def test_local_without_arguments_prints_usage():
-    result = subprocess.run(["bash", "launch/local.sh"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", "launch/local.sh"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 2 and "launch/local.sh [--dry-run] CONFIG WORKDIR" in result.stderr
 
 
@@ -105,5 +107,7 @@ def test_remote_launchers_without_arguments_print_usage():
         ("launch/tpu_vm.sh", "launch/tpu_vm.sh [--dry-run] TPU_NAME ZONE CONFIG WORKDIR"),
         ("launch/slurm.sbatch", "sbatch launch/slurm.sbatch CONFIG WORKDIR"),
     ]:
-        result = subprocess.run(["bash", script], cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run(
+            ["bash", script], cwd=ROOT, capture_output=True, text=True, check=False
+        )
         assert result.returncode == 2 and usage in result.stderr, script

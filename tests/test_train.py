@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT
 
-from mmgen_jax import train
+from mmgen_jax import checkpoint, families, train
 
 
 def _main_command(workdir, data_dir, *overrides):
@@ -144,3 +145,34 @@ def test_resuming_on_another_device_count_warns(tmp_path, smoke_config, caplog):
         train.train_and_evaluate(smoke_config, str(tmp_path))
     assert "last trained on 2 devices and resumes on 4" in caplog.text
     assert json.loads((tmp_path / "manifest.json").read_text())["device_count"] == 4
+
+
+def test_a_diverged_state_is_never_checkpointed(tmp_path, smoke_config, monkeypatch):
+    t = smoke_config.train
+    t.num_steps, t.checkpoint_every, t.max_to_keep, t.sample_every = 2, 1, 2, 0
+    train.train_and_evaluate(smoke_config, str(tmp_path))  # steps 1 and 2 saved
+
+    class Diverging(families.GAN):
+        """Its parameters become NaN from step 3 on."""
+
+        def train_step(self, state, batch):
+            new, metrics = super().train_step(state, batch)
+            poison = jnp.where(state.step >= 2, jnp.nan, 1.0)
+            params = jax.tree.map(lambda x: x * poison, new.g.params)
+            return new.replace(g=new.g.replace(params=params)), metrics
+
+    monkeypatch.setitem(families.FAMILIES, "gan", Diverging)
+    t.num_steps, t.log_every = 6, 100  # no log step before the save at step 3
+    with pytest.raises(FloatingPointError, match="by step 3 and was not saved") as error:
+        train.train_and_evaluate(smoke_config, str(tmp_path))
+    assert "step 2, the last finite state, is kept" in str(error.value)
+    assert f"--config.init_from={tmp_path}" in str(error.value)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+    try:
+        assert list(ckpt.manager.all_steps()) == [1, 2]
+        like = jax.eval_shape(Diverging(smoke_config).init, jax.random.PRNGKey(0))
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        state, _ = ckpt.restore(checkpoint.abstract(like, device), 2)
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+    finally:
+        ckpt.close()

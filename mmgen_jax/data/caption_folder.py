@@ -7,9 +7,10 @@ Layout of the folder:
                           {"image": "cats/1.png", "caption": "a cat", "split": "train"}
       cats/1.png ...      images (PNG/JPEG/anything PIL reads; any size and mode)
 
-or `captions.csv` with a header row and the same columns (one row a line). `split` is
-optional: without it a stable hash of the image path puts ~10% of the images (all their
-captions together) in `test`, the rest in `train`. An image may have several captions (one
+or `captions.csv` with a header row and the same columns (RFC 4180: a quoted caption may
+hold commas, quotes and line breaks). `split` is optional: without it a stable hash of the
+image path puts ~10% of the images (all their captions together) in `test`, the rest in
+`train`. An image may have several captions (one
 row each, one example each).
 
 At preparation every image is converted to RGB and resized aspect-preserving and
@@ -31,15 +32,19 @@ folder is prepared anew instead of silently reusing stale data. Prepared with
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
 import pathlib
 import re
+import typing
 
 import tensorflow_datasets as tfds
 
 from mmgen_jax.data import prepare
+
+log = logging.getLogger(__name__)
 
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
 TEST_FRACTION_PERCENT = 10  # share of images in `test` when rows give no split
@@ -63,7 +68,10 @@ def config_name(path: str, image_size: int, skip_bad: bool) -> str:
         dirnames.sort()
         for f in sorted(filenames):
             full = os.path.join(dirpath, f)
-            st = os.stat(full)
+            try:
+                st = os.stat(full)
+            except OSError:  # a dangling symlink: only a row naming it is a problem
+                st = os.lstat(full)
             h.update(f"{os.path.relpath(full, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return f"s{int(image_size)}_{h.hexdigest()[:16]}"
 
@@ -116,37 +124,12 @@ def _read_rows(root: pathlib.Path) -> tuple[list[Row], list[str]]:
             f"caption_folder: {root} has both {' and '.join(present)}; keep one."
         )
     name = present[0]
+    records = _jsonl_records if name.endswith(".jsonl") else _csv_records
     rows, problems = [], []
-    header = None
-    for number, raw in enumerate((root / name).read_bytes().splitlines(), start=1):
-        where = f"{name}:{number}"
-        try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            problems.append(f"{where}: not UTF-8 ({e.reason} at byte {e.start})")
+    for where, record in records(root / name):
+        if isinstance(record, str):  # what is wrong with this line
+            problems.append(f"{where}: {record}")
             continue
-        if not line.strip():
-            continue
-        if name.endswith(".jsonl"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"{where}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(record, dict):
-                problems.append(f"{where}: not a JSON object")
-                continue
-        else:
-            values = next(csv.reader([line]))
-            if header is None:
-                header = [v.strip() for v in values]
-                if "image" not in header or "caption" not in header:
-                    raise prepare.DatasetPreparationError(
-                        f"caption_folder: {where}: the header row must name the columns "
-                        f"image and caption (and optionally split), got {header}."
-                    )
-                continue
-            record = dict(zip(header, values))
         image, caption, split = record.get("image"), record.get("caption"), record.get("split")
         if not isinstance(image, str) or not image.strip():
             problems.append(f"{where}: no image path")
@@ -164,10 +147,67 @@ def _read_rows(root: pathlib.Path) -> tuple[list[Row], list[str]]:
     return rows, problems
 
 
+def _jsonl_records(path):
+    """(file:line, a dict or a problem string) per non-blank line."""
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        where = f"{path.name}:{number}"
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            yield where, f"not UTF-8 ({e.reason} at byte {e.start})"
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield where, f"not valid JSON ({e.msg})"
+            continue
+        yield where, record if isinstance(record, dict) else "not a JSON object"
+
+
+def _csv_records(path):
+    """(file:line of the record's first line, a dict or a problem string) per data record,
+    read with the csv module: a quoted field may hold commas, quotes and line breaks
+    (RFC 4180). Bytes that are not UTF-8 make that record a problem, not the file."""
+    # surrogateescape keeps undecodable bytes as lone surrogates, found per record below.
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header, first = None, 1
+    while True:
+        where = f"{path.name}:{first}"
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # the reader cannot find the next record's start
+            yield where, f"malformed CSV ({e}); nothing after it is read"
+            return
+        first = reader.line_num + 1
+        if not any(v.strip() for v in values):
+            continue
+        bad = next((v for v in values if _has_surrogates(v)), None)
+        if bad is not None:
+            yield where, f"not UTF-8 (in {bad.encode('utf-8', 'replace')[:40]!r})"
+            continue
+        if header is None:
+            header = [v.strip() for v in values]
+            if "image" not in header or "caption" not in header:
+                raise prepare.DatasetPreparationError(
+                    f"caption_folder: {where}: the header row must name the columns "
+                    f"image and caption (and optionally split), got {header}."
+                )
+            continue
+        yield where, dict(zip(header, values))
+
+
+def _has_surrogates(value):
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
 def _open_rgb(path: pathlib.Path, size: int):
     """The image as RGB, resized aspect-preserving and centre-cropped to (size, size)."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
         img.load()  # decodes fully: truncated files fail here, not later
@@ -198,7 +238,7 @@ def check_rows(root: pathlib.Path, size: int) -> tuple[list[Row], list[str]]:
                 try:
                     _open_rgb(target, size)
                     image_ok[row.image] = ""
-                except Exception as e:  # PIL raises many types for bad files
+                except Exception as e:  # noqa: BLE001 (PIL raises many types for bad files)
                     image_ok[row.image] = f"cannot be read ({type(e).__name__}: {e})"
         if image_ok[row.image]:
             problems.append(f"{row.where}: image {row.image!r} {image_ok[row.image]}")
@@ -241,7 +281,7 @@ class CaptionFolder(tfds.core.GeneratorBasedBuilder):
     """Images and captions from a user's folder (see module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    RELEASE_NOTES: typing.ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
@@ -272,10 +312,10 @@ class CaptionFolder(tfds.core.GeneratorBasedBuilder):
                 "(prepare.py: --skip_bad)."
             )
         for p in problems:
-            logging.warning("caption_folder: skipped %s", p)
+            log.warning("caption_folder: skipped %s", p)
         note = f"\n\nPrepared from {root}: {len(rows)} examples, {len(problems)} bad rows skipped."
         if problems:
-            logging.warning("caption_folder: skipped %d bad row(s) in %s", len(problems), root)
+            log.warning("caption_folder: skipped %d bad row(s) in %s", len(problems), root)
             note += "\n" + "\n".join(problems[:MAX_LISTED_PROBLEMS])
         # The description is written to dataset_info.json, so readers see what was skipped.
         self.info.as_proto.description += note

@@ -33,6 +33,8 @@ Prepare with `python -m mmgen_jax.data.prepare --dataset=digits_captions`, or le
 the input pipeline do it on first use.
 """
 
+from typing import ClassVar
+
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -99,7 +101,7 @@ class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
     """Coloured 32x32 handwritten digits with captions (see module docstring)."""
 
     VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
         "1.1.0": "Images stored as raw uint8 pixels (faster reads); same examples.",
         "1.0.0": "Initial release: 6 colour pairs per image, 6 caption "
         "templates (4 English, 2 Chinese), compositional hold-out.",

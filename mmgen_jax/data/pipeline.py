@@ -154,15 +154,18 @@ def preprocess(
     max_text_len: int,
     label_names: Sequence[str] | None = None,
     index: int = 0,
+    tokenizer_name: str = "bytes",
 ) -> dict:
     """One source example -> dict of numpy values (no batch dimension).
 
-    `text` encodes `caption_of(example, label_names, index)`: `index` (the example's stream
-    position) picks among several captions or caption templates.
+    `text` encodes `caption_of(example, label_names, index)` with the tokenizer
+    `tokenizer_name` (`tokenizer.by_name`): `index` (the example's stream position) picks
+    among several captions or caption templates.
     """
     image = _square(_to_rgb(np.asarray(example["image"])), image_size)
     out = {"image": image.astype(np.float32) / 127.5 - 1.0}
-    out["text"] = tokenizer.encode(caption_of(example, label_names, index), max_text_len)
+    text = caption_of(example, label_names, index)
+    out["text"] = tokenizer.by_name(tokenizer_name).encode(text, max_text_len)
     for key in _OPTIONAL_INT_KEYS:
         if key in example:
             out[key] = np.int32(example[key])
@@ -225,6 +228,7 @@ class TrainStream:
         num_threads: int = 1,
         prefetch: int = 2,
         builder_kwargs: dict | None = None,
+        tokenizer_name: str = "bytes",
     ):
         if global_batch_size % process_count:
             raise ValueError(
@@ -244,7 +248,7 @@ class TrainStream:
 
         def to_batch_element(indexed: tuple[int, dict]) -> dict:
             index, example = indexed
-            out = preprocess(example, image_size, max_text_len, label_names, index)
+            out = preprocess(example, image_size, max_text_len, label_names, index, tokenizer_name)
             out["index"] = np.int64(index)
             return out
 
@@ -303,6 +307,7 @@ def eval_batch(
     offset: int = 0,
     builder_kwargs: dict | None = None,
     at_most: bool = False,
+    tokenizer_name: str = "bytes",
 ) -> dict:
     """Examples [offset, offset + num) of `split` in stored order, as one batch.
 
@@ -323,7 +328,7 @@ def eval_batch(
     indices = range(offset, offset + num)
     examples = [source[i] for i in indices]
     rows = [
-        preprocess(ex, image_size, max_text_len, label_names, i)
+        preprocess(ex, image_size, max_text_len, label_names, i, tokenizer_name)
         for ex, i in zip(examples, indices, strict=True)
     ]
     batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}

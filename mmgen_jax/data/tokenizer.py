@@ -71,3 +71,18 @@ def decode(ids: Sequence[int] | np.ndarray) -> str:
         if BYTE_OFFSET <= i < VOCAB_SIZE:  # skips BOS (and any out-of-range id)
             data.append(i - BYTE_OFFSET)
     return data.decode("utf-8", errors="replace")
+
+
+def by_name(name: str):
+    """The tokenizer module `data.tokenizer` names: 'bytes' (this module: any language) or
+    'minilm' (WordPiece ids for `model.text_encoder="minilm"`: English). Both offer
+    `encode`, `encode_batch` and `decode`, 0 = padding."""
+    if name == "bytes":
+        import sys
+
+        return sys.modules[__name__]
+    if name == "minilm":
+        from mmgen_jax.data import wordpiece
+
+        return wordpiece
+    raise ValueError(f"data.tokenizer={name!r}: use 'bytes' (any language) or 'minilm' (English)")

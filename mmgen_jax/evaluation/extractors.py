@@ -15,6 +15,7 @@ its metrics and `describe()` is recorded beside the numbers.
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -112,6 +113,7 @@ class ExportedFeatures:
                 f"{path} is not a jax.export serialisation ({type(e).__name__}: {e}); write "
                 f"it with jax.export.export(jax.jit(f))(spec).serialize()"
             ) from e
+        _check_custom_calls(self.exported, path)
         (spec,) = self.exported.in_avals
         if len(spec.shape) != 4 or spec.shape[3] != 3:
             raise ValueError(f"{path} takes inputs of shape {spec.shape}; need (N, S, S, 3)")
@@ -140,6 +142,36 @@ class ExportedFeatures:
 
     def describe(self):
         return {"name": "inception_v3", "file": self.path, "input_size": self.size}
+
+
+# The only custom calls a feature function needs: shape checks of a symbolic batch and
+# sharding annotations. Any other target runs native code of its own (host callbacks, Pallas
+# or Triton kernels, LAPACK), which a file from elsewhere must not bring in.
+ALLOWED_CUSTOM_CALLS = frozenset(
+    {"shape_assertion", "Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape"}
+)
+# `stablehlo.custom_call @target(` (pretty form) or `call_target_name = "target"` (generic).
+_CUSTOM_CALL = re.compile(
+    r'stablehlo\.custom_call\s*@"?([^\s"(]+)'
+    r'|stablehlo\.custom_call"\s*\(.*?call_target_name\s*=\s*"([^"]*)"'
+)
+
+
+def _check_custom_calls(exported, path):
+    """Refuses an exported module that calls a custom-call target not on the allow-list."""
+    text = exported.mlir_module()
+    found = _CUSTOM_CALL.findall(text)
+    targets = {a or b for a, b in found}
+    # Source locations may hold the words (a function name); the op's full name is counted.
+    if text.count("stablehlo.custom_call") > len(found):  # a form the pattern cannot read
+        targets.add("<unreadable target>")
+    refused = sorted(targets - ALLOWED_CUSTOM_CALLS)
+    if refused:
+        raise ValueError(
+            f"{path} calls custom-call targets {refused}, which run native code of their own; "
+            f"an extractor file may only use {sorted(ALLOWED_CUSTOM_CALLS)}: export the "
+            f"feature function from plain JAX operations"
+        )
 
 
 REGISTRY = {

@@ -28,6 +28,7 @@ def load_split(run_config, split, num, data_dir):
         num=num,
         builder_kwargs=pipeline.builder_kwargs(d),
         at_most=True,
+        tokenizer_name=d.get("tokenizer", "bytes"),
     )
 
 
@@ -44,6 +45,7 @@ class Suite:
         domain = domains.domain_for(run_config.data.name)
         # The dataset's one caption parser (text -> {attribute: class} or None), if it has one.
         self.parse_caption = domain.parse_caption if domain else None
+        self._decode = tokenizer.by_name(run_config.data.get("tokenizer", "bytes")).decode
         self.extractor = extractors.get(settings.extractor, settings)
         # Consistency always reads attributes with the domain evaluator.
         self.judge = (
@@ -188,7 +190,7 @@ class Suite:
             np.arange(self.num, dtype=np.uint32),
             batch_size=self.settings.batch_size,
         )
-        texts = [tokenizer.decode(t) for t in tokens]
+        texts = [self._decode(t) for t in tokens]
         out = {"caption_bleu4": captions.corpus_bleu4(texts, self.test["caption"])}
         if self.parse_caption:
             stated = [self.parse_caption(t) for t in texts]
@@ -209,7 +211,7 @@ class Suite:
             batch_size=self.settings.batch_size,
         )
         _, predicted = self.judge(images)
-        stated = [self.parse_caption(tokenizer.decode(t)) for t in tokens]
+        stated = [self.parse_caption(self._decode(t)) for t in tokens]
         agree = [
             s is not None and all(s.get(h) == predicted[h][i] for h in self.judge.heads)
             for i, s in enumerate(stated)

@@ -16,8 +16,8 @@ import numpy as np
 import optax
 
 from mmgen_jax import losses
-from mmgen_jax.families import base
-from mmgen_jax.models import dcgan
+from mmgen_jax.families import base, pretrained_text
+from mmgen_jax.models import dcgan, minilm
 from mmgen_jax.models import text as text_lib
 from mmgen_jax.models.conditional import PrecomputedText, TextConditioned
 
@@ -66,14 +66,19 @@ class GAN(base.Family):
         self.discriminator = self._discriminator(axis_name)
         self._generator_local = self._generator(None)
         self._discriminator_local = self._discriminator(None)
-        self.tx_g = optax.adam(t.lr_g, b1=t.b1, b2=t.b2)
-        self.tx_d = optax.adam(t.lr_d, b1=t.b1, b2=t.b2)
+        pretrained_text.check(config)
+        self.tx_g = pretrained_text.optimizer(optax.adam(t.lr_g, b1=t.b1, b2=t.b2), config.model)
+        self.tx_d = pretrained_text.optimizer(optax.adam(t.lr_d, b1=t.b1, b2=t.b2), config.model)
 
     # ---- networks ----------------------------------------------------------------
     def _text_encoder(self):
         m = self.config.model
         if m.text_encoder == PRECOMPUTED_TEXT:
             return PrecomputedText()
+        if m.text_encoder == "minilm":
+            return minilm.CaptionEncoder(
+                out_dim=m.text_dim, trainable=m.text_encoder_trainable, dtype=jnp.dtype(m.dtype)
+            )
         return text_lib.TextEncoder(
             max_len=self.config.data.max_text_len,
             embed_dim=m.text_embed_dim,
@@ -126,6 +131,9 @@ class GAN(base.Family):
         images = jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32)
         g_vars = self._generator_local.init(key_g, z, tokens, train=False)
         d_vars = self._discriminator_local.init(key_d, images, tokens, train=False)
+        # A pretrained caption encoder starts from its shipped weights (no-op otherwise).
+        g_vars = {**g_vars, "params": minilm.load_into(g_vars["params"])}
+        d_vars = {**d_vars, "params": minilm.load_into(d_vars["params"])}
 
         def net_state(variables, tx):
             return NetState(

@@ -24,7 +24,8 @@ import optax
 
 from mmgen_jax import elbo, latent_mixture, losses, utf8
 from mmgen_jax.data import tokenizer
-from mmgen_jax.families import base
+from mmgen_jax.families import base, pretrained_text
+from mmgen_jax.models import minilm
 from mmgen_jax.models import vae as vae_lib
 
 FUSIONS = ("poe", "moe")
@@ -64,6 +65,12 @@ class VAE(base.Family):
                 f"config.train.image_likelihood={t.image_likelihood!r}: use one of "
                 f"{elbo.IMAGE_LIKELIHOODS}"
             )
+        pretrained_text.check(config)
+        # WordPiece captions (data.tokenizer="minilm") end with [SEP], from a 30,522-id vocabulary.
+        wordpiece = d.get("tokenizer", "bytes") == "minilm"
+        self.eos_id = minilm.SEP_ID if wordpiece else EOS_ID
+        self.byte_captions = not wordpiece  # valid UTF-8 by construction (`decode_captions`)
+        vocab = {"vocab_size": minilm.VOCAB_SIZE} if wordpiece else {}
         self.net = vae_lib.MultimodalVAE(
             latent_dim=m.latent_dim,
             image_size=d.image_size,
@@ -74,11 +81,13 @@ class VAE(base.Family):
             text_layers=m.text_layers,
             text_dim=m.text_dim,
             text_encoder=m.text_encoder,
+            text_encoder_trainable=m.get("text_encoder_trainable", False),
+            **vocab,
             decoder_hidden=m.decoder_hidden,
             num_classes=m.num_classes if t.aux_classifier_weight else 0,
             dtype=jnp.dtype(m.dtype),
         )
-        self.tx = optax.adam(t.lr, b1=t.b1, b2=t.b2)
+        self.tx = pretrained_text.optimizer(optax.adam(t.lr, b1=t.b1, b2=t.b2), m)
 
     # ---- state -------------------------------------------------------------------
     def init(self, rng) -> VAEState:
@@ -87,7 +96,8 @@ class VAE(base.Family):
         key_params, key_run = jax.random.split(rng)
         images = jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32)
         tokens = jnp.zeros((1, d.max_text_len), jnp.int32)
-        params = self.net.init(key_params, images, tokens)["params"]
+        # A pretrained caption encoder starts from its shipped weights (no-op otherwise).
+        params = minilm.load_into(self.net.init(key_params, images, tokens)["params"])
         return VAEState(
             step=jnp.zeros((), jnp.int32),
             rng=key_run,
@@ -377,17 +387,21 @@ class VAE(base.Family):
 
         carry = self._apply(params, "start_text", z)
         keys = base.example_keys(key, indices)
-        return decode_captions(next_logits, carry, keys, self.config.data.max_text_len, temperature)
+        length = self.config.data.max_text_len
+        return decode_captions(
+            next_logits, carry, keys, length, temperature, self.eos_id, self.byte_captions
+        )
 
 
-def decode_captions(next_logits, carry, keys, length, temperature):
+def decode_captions(next_logits, carry, keys, length, temperature, eos_id=EOS_ID, utf8_bytes=True):
     """Autoregressive decoding: `next_logits(carry, previous tokens (B,)) -> (carry, logits
-    (B, VOCAB_SIZE))` from BOS, one token per position; greedy at temperature 0, sampled at
+    (B, vocab))` from BOS, one token per position; greedy at temperature 0, sampled at
     softmax temperature `temperature` otherwise (example b from keys[b]). -> int32 (B, length).
 
-    Valid UTF-8 by construction (`utf8`: each step picks among the bytes that continue a valid
-    sequence and still fit before the end); never PAD/BOS before the end, EOS at the last
-    position at the latest, PAD after EOS."""
+    Never PAD/BOS before the end, `eos_id` at the last position at the latest, PAD after it.
+    Byte-level captions (`utf8_bytes`, the tokenizer's ids) are valid UTF-8 by construction
+    (`utf8`: each step picks among the bytes that continue a valid sequence and still fit
+    before the end)."""
     temperature = jnp.asarray(temperature, jnp.float32)
     batch = keys.shape[0]
 
@@ -395,14 +409,18 @@ def decode_captions(next_logits, carry, keys, length, temperature):
         carry, previous, text_state, done = state
         carry, logits = next_logits(carry, previous)
         scaled = jnp.where(temperature > 0, logits / jnp.maximum(temperature, 1e-6), logits)
-        # Byte positions left after this one before the last, where only EOS fits.
-        logits = utf8.constrain(scaled, text_state, length - 2 - position)
+        if utf8_bytes:
+            # Byte positions left after this one before the last, where only EOS fits.
+            logits = utf8.constrain(scaled, text_state, length - 2 - position)
+        else:
+            logits = scaled.at[:, PAD_ID].set(-jnp.inf).at[:, vae_lib.BOS_ID].set(-jnp.inf)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, position))(keys)
         sampled = jax.vmap(jax.random.categorical)(step_keys, logits)
         token = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
+        token = jnp.where(position == length - 1, eos_id, token)  # (bytes: already EOS)
         token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
-        text_state = utf8.advance(text_state, token)
-        return (carry, token, text_state, done | (token == EOS_ID)), token
+        text_state = utf8.advance(text_state, token) if utf8_bytes else text_state
+        return (carry, token, text_state, done | (token == eos_id)), token
 
     start = jnp.full((batch,), vae_lib.BOS_ID, jnp.int32)
     text_state = jnp.full((batch,), utf8.START, jnp.int32)

@@ -10,10 +10,13 @@ import jax.numpy as jnp
 from flax.typing import Dtype
 
 from mmgen_jax.data import tokenizer
+from mmgen_jax.models import minilm
 from mmgen_jax.models.layers import Conv2xDown, ConvTranspose2x
 from mmgen_jax.models.text import TextEncoder
 
-BOS_ID = tokenizer.BOS  # the caption decoder's first input
+# The caption decoder's first input; also with WordPiece, where id 1 is an unused piece and
+# captions themselves start with [CLS].
+BOS_ID = tokenizer.BOS
 LOGVAR_LIMIT = 10.0  # encoders' log-variances are soft-clipped to +-this, keeping PoE finite
 
 
@@ -44,7 +47,8 @@ class ImageEncoder(nn.Module):
 
 
 class CaptionEncoder(nn.Module):
-    """Token ids (B, L) -> q(z|t) as (mean, logvar), through the shared `TextEncoder`."""
+    """Token ids (B, L) -> q(z|t) as (mean, logvar), through the shared `TextEncoder`, or
+    the pretrained MiniLM (`kind="minilm"`: WordPiece ids; `trainable` or frozen)."""
 
     latent_dim: int
     max_len: int
@@ -54,9 +58,15 @@ class CaptionEncoder(nn.Module):
     text_dim: int = 128
     kind: str = "conv"
     dtype: Dtype = jnp.float32
+    trainable: bool = False
 
     @nn.compact
     def __call__(self, tokens):
+        if self.kind == "minilm":
+            h = minilm.CaptionEncoder(
+                self.text_dim, self.trainable, dtype=self.dtype, name="encoder"
+            )(tokens)
+            return _gaussian_head(nn.swish(h), self.latent_dim, "posterior")
         h = TextEncoder(
             max_len=self.max_len,
             embed_dim=self.embed_dim,
@@ -144,6 +154,8 @@ class MultimodalVAE(nn.Module):
     text_layers: int = 2
     text_dim: int = 128
     text_encoder: str = "conv"
+    text_encoder_trainable: bool = False  # text_encoder="minilm": fine-tune or keep frozen
+    vocab_size: int = tokenizer.VOCAB_SIZE  # decoder ids: bytes, or minilm.VOCAB_SIZE (WordPiece)
     decoder_hidden: int = 128
     num_classes: int = 0  # > 0: a label classifier on z (auxiliary head; 0 = none)
     dtype: Dtype = jnp.float32
@@ -159,10 +171,14 @@ class MultimodalVAE(nn.Module):
             self.text_dim,
             self.text_encoder,
             self.dtype,
+            self.text_encoder_trainable,
         )
         self.image_decoder = ImageDecoder(self.image_size, self.image_width, self.dtype)
         self.caption_decoder = CaptionDecoder(
-            embed_dim=self.text_embed_dim, hidden=self.decoder_hidden, dtype=self.dtype
+            vocab_size=self.vocab_size,
+            embed_dim=self.text_embed_dim,
+            hidden=self.decoder_hidden,
+            dtype=self.dtype,
         )
         if self.num_classes:
             self.classifier = nn.Dense(self.num_classes)
