@@ -195,7 +195,7 @@ class Suite:
         """Features in the distance space only (no attribute reading)."""
         return self.extractor(images)[0] / self.feature_scale
 
-    def measure_run(self, family, variables, cross_check=False):
+    def measure_run(self, family, variables, cross_check=False, likelihood=True):
         """Every metric of a trained family: images from test captions and, where the family
         declares IMAGE_TO_TEXT / JOINT / LIKELIHOOD, image->text, joint coherence and the
         test-set likelihood. With
@@ -211,7 +211,7 @@ class Suite:
             out.update(self.image_to_text(family, variables))
         if family.can(base.JOINT):
             out.update(self.joint(family, variables))
-        if family.can(base.LIKELIHOOD) and self.settings.iwae_samples:
+        if likelihood and family.can(base.LIKELIHOOD) and self.settings.iwae_samples:
             out.update(self.likelihood(family, variables))
         return out
 
