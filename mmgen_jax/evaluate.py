@@ -6,8 +6,10 @@ split in stored order), reads them and the real test images with the feature net
 FD, KID, precision/recall and attribute consistency (all / seen / held-out combinations),
 plus the same numbers for real images of eval.reference_split against the real test images:
 the ceiling each number can reach. Families that write captions add image->text (BLEU-4,
-attributes stated) and joint coherence. Writes WORKDIR/eval/step_N.json (best_step_N.json
-with --best) and prints a table.
+attributes stated) and joint coherence; families with a likelihood (the VAE) add IWAE bounds
+of the test set's log p(image, caption), log p(image) and log p(caption) (eval.iwae_samples
+draws per example). Writes WORKDIR/eval/step_N.json (best_step_N.json with --best) and
+prints a table.
 """
 
 from absl import flags
@@ -27,6 +29,9 @@ flags.DEFINE_string(
     "extractor", None, "Overrides eval.extractor (evaluator, inception_v3).", flag_values=FLAGS
 )
 flags.DEFINE_string("extractor_file", None, "Overrides eval.extractor_file.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "iwae_samples", None, "Overrides eval.iwae_samples (0 = no likelihood).", flag_values=FLAGS
+)
 flags.DEFINE_string("data_dir", None, "Overrides the run's data.data_dir.", flag_values=FLAGS)
 flags.DEFINE_bool(
     "reference", True, "Also measure real reference images (the ceiling row).", flag_values=FLAGS
@@ -63,6 +68,7 @@ def main(argv):
         "num_samples": FLAGS.num_samples,
         "extractor": FLAGS.extractor,
         "extractor_file": FLAGS.extractor_file,
+        "iwae_samples": FLAGS.iwae_samples,
     }
     report = report_lib.evaluate(
         FLAGS.workdir,

@@ -219,3 +219,25 @@ def test_caption_metrics_of_a_family_that_describes(gan_dir, evaluator_dir, data
     _, read = measure.judge(measure.test["image"])
     right = np.logical_and.reduce([read[h] == measure.targets[h] for h in read])
     assert values["joint_coherence"] == pytest.approx(right.mean())
+
+
+def test_evaluate_reports_the_test_likelihood_of_a_vae(tmp_path, data_dir, evaluator_dir):
+    config = load_config("vae", "smoke")
+    config.data.data_dir = data_dir
+    workdir = str(tmp_path / "vae")
+    train.train_and_evaluate(config, workdir)
+    overrides = {"evaluator_workdir": str(evaluator_dir), "iwae_samples": 4}
+    report = evaluate.evaluate(workdir, overrides=overrides, reference=False)
+    generated = report["generated"]
+    assert report["settings"]["iwae_samples"] == 4
+    for key in ("log_p_joint", "log_p_image", "log_p_text", "image_bits_per_dim"):
+        assert np.isfinite(generated[key]), key
+    assert generated["log_p_text"] < 0  # a probability of discrete tokens
+    assert "likelihood (IWAE bound, K=4, nats per test example)" in evaluate.table(report)
+    # 0 measures no likelihood; a negative count is refused with the fix.
+    overrides["iwae_samples"] = 0
+    report = evaluate.evaluate(workdir, overrides=overrides, reference=False)
+    assert "log_p_joint" not in report["generated"] and "likelihood" not in evaluate.table(report)
+    overrides["iwae_samples"] = -1
+    with pytest.raises(ValueError, match=r"eval.iwae_samples=-1: use a count >= 1"):
+        evaluate.evaluate(workdir, overrides=overrides, reference=False)

@@ -105,6 +105,14 @@ def table(report):
     extra = {k: v for k, v in generated.items() if k.startswith(("caption_", "joint_"))}
     if extra:
         lines.append("text: " + " ".join(f"{k}={v:.4f}" for k, v in extra.items()))
+    if "log_p_joint" in generated:
+        lines.append(
+            f"likelihood (IWAE bound, K={report['settings']['iwae_samples']}, nats per test "
+            f"example): log p(image, caption)={generated['log_p_joint']:.2f} "
+            f"log p(image)={generated['log_p_image']:.2f} "
+            f"log p(caption)={generated['log_p_text']:.2f} "
+            f"image bits/dim={generated['image_bits_per_dim']:.4f}"
+        )
     lines.append(
         f"{report['num_samples']} test captions of {report['dataset']}/{report['eval_split']}; "
         f"features: {report['feature_network']['name']} ({tag}); FD/KID/P-R against the real "

@@ -30,6 +30,9 @@ def defaults() -> ml_collections.ConfigDict:
     e.diversity_samples = 4  # diversity: images drawn per caption (K)
     e.diversity_captions = 100  # diversity: at most this many attribute groups, 1 caption each
     e.batch_size = 256  # images per device call (rounded up to a multiple of the devices)
+    # Families with a likelihood (the VAE): importance samples per test example of the IWAE
+    # bounds of log p(image, caption), log p(image), log p(caption) (0 = not measured).
+    e.iwae_samples = 16
     e.seed = 0  # noise seed of the generated images (image i uses fold_in(key, i))
     e.best_metric = "fd_digits"  # metric that picks the best checkpoint (WORKDIR/best/)
     e.best_mode = "min"  # one of BEST_MODES: which direction of best_metric is better

@@ -2,8 +2,11 @@
 images (FD, KID, precision/recall in a feature network's space; attribute consistency read
 by the domain evaluator; variety per caption, `diversity`; fine-detail power,
 `hf_power_ratio`), the same numbers for real reference images (the ceiling), and, for
-families that also write captions, image->text and joint metrics.
+families that also write captions, image->text and joint metrics, and for families with
+a likelihood, importance-weighted bounds of the test set's log-likelihood.
 """
+
+import math
 
 import jax
 import numpy as np
@@ -66,6 +69,10 @@ class Suite:
             raise ValueError(
                 f"{self.num} test examples are fewer than eval.kid_subset_size="
                 f"{settings.kid_subset_size}: lower it (or raise the number of samples)"
+            )
+        if settings.iwae_samples < 0:
+            raise ValueError(
+                f"eval.iwae_samples={settings.iwae_samples}: use a count >= 1 (0 = no likelihood)"
             )
         self.targets = {h: self.test[h] for h in self.judge.heads}
         real_features = feature_cache.features(
@@ -188,9 +195,10 @@ class Suite:
         """Features in the distance space only (no attribute reading)."""
         return self.extractor(images)[0] / self.feature_scale
 
-    def measure_run(self, family, variables, cross_check=False):
+    def measure_run(self, family, variables, cross_check=False, likelihood=True):
         """Every metric of a trained family: images from test captions and, where the family
-        declares IMAGE_TO_TEXT / JOINT, image->text and joint coherence. With
+        declares IMAGE_TO_TEXT / JOINT / LIKELIHOOD, image->text, joint coherence and the
+        test-set likelihood. With
         `cross_check`, also the consistency the independent attribute judge reads in the same
         images (`judge_consistency...`; datasets whose domain declares `drawn_digits`)."""
         images = self.generate(family, variables)
@@ -203,6 +211,8 @@ class Suite:
             out.update(self.image_to_text(family, variables))
         if family.can(base.JOINT):
             out.update(self.joint(family, variables))
+        if likelihood and family.can(base.LIKELIHOOD) and self.settings.iwae_samples:
+            out.update(self.likelihood(family, variables))
         return out
 
     def judge_consistency(self, images):
@@ -281,3 +291,33 @@ class Suite:
             "joint_coherence": float(np.mean(agree)),
             "joint_parsed": float(np.mean([s is not None for s in stated])),
         }
+
+    def likelihood(self, family, variables):
+        """Mean IWAE bounds (eval.iwae_samples draws per example) over the test examples, in
+        nats per example: `log_p_joint` (image and caption), `log_p_image`, `log_p_text`;
+        and the image's in bits per dimension (`image_bits_per_dim`)."""
+        num_samples = self.settings.iwae_samples
+        bound = parallel.BatchedMap(
+            lambda shared, images, tokens, idx: family.log_likelihood(
+                shared[0], images, tokens, shared[1], idx, num_samples
+            )
+        )
+        values = bound(
+            (variables, self._key()),
+            self.test["image"],
+            self.test["text"],
+            np.arange(self.num, dtype=np.uint32),
+            batch_size=self.settings.batch_size,
+        )
+        out = {f"log_p_{m}": float(np.mean(values[m])) for m in ("joint", "image", "text")}
+        dims = int(np.prod(self.test["image"].shape[1:]))
+        out["image_bits_per_dim"] = bits_per_dim(out["log_p_image"], dims)
+        return out
+
+
+def bits_per_dim(log_density, dims, levels=256):
+    """Bits per dimension of images with 8-bit pixels scaled to [-1, 1], from a continuous
+    log-density in nats: each pixel value stands for a bin of width 2 / (levels - 1), so
+    log P(pixels) ~= log p + dims * log(2 / (levels - 1))."""
+    log_prob = log_density + dims * math.log(2.0 / (levels - 1))
+    return -log_prob / (dims * math.log(2.0))

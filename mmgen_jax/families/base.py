@@ -22,6 +22,11 @@ names the method that provides it:
   JOINT          joint(variables, key, indices) -> (images, tokens)
   RECONSTRUCT    reconstruct(variables, images, tokens, key, indices) -> (images, tokens)
   FEATURES       features_and_predictions(variables, images) -> (features, {head: class})
+  POSTERIOR      posterior(variables, images, tokens, key, indices) -> latent codes z
+                 ~ q(z | image, caption) (N, D)
+  LIKELIHOOD     log_likelihood(variables, images, tokens, key, indices, num_samples)
+                 -> {"joint", "image", "text": (N,)} lower bounds of log p(x, t), log p(x),
+                 log p(t) in nats per example (e.g. importance-weighted, num_samples draws)
 
 Example i of any of these uses randomness fold_in(key, indices[i]) only, so results do not
 depend on the batch size or the device count.
@@ -42,6 +47,8 @@ IMAGE_TO_TEXT = "image_to_text"
 JOINT = "joint"
 RECONSTRUCT = "reconstruct"
 FEATURES = "features"
+POSTERIOR = "posterior"
+LIKELIHOOD = "likelihood"
 
 # Capability -> the method that provides it.
 METHODS = {
@@ -50,6 +57,8 @@ METHODS = {
     JOINT: "joint",
     RECONSTRUCT: "reconstruct",
     FEATURES: "features_and_predictions",
+    POSTERIOR: "posterior",
+    LIKELIHOOD: "log_likelihood",
 }
 
 # State fields a run started from another run's parameters (`config.init_from`) takes

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmgen_jax import elbo, losses
+from mmgen_jax import elbo, latent_mixture, losses, utf8
 from mmgen_jax.data import tokenizer
 from mmgen_jax.families import base, pretrained_text
 from mmgen_jax.models import minilm
@@ -44,7 +44,16 @@ class VAEState:
 class VAE(base.Family):
     """The family: networks and optimizer from a config, pure functions over VAEState."""
 
-    capabilities = frozenset({base.TEXT_TO_IMAGE, base.IMAGE_TO_TEXT, base.JOINT, base.RECONSTRUCT})
+    capabilities = frozenset(
+        {
+            base.TEXT_TO_IMAGE,
+            base.IMAGE_TO_TEXT,
+            base.JOINT,
+            base.RECONSTRUCT,
+            base.POSTERIOR,
+            base.LIKELIHOOD,
+        }
+    )
 
     def __init__(self, config, axis_name="data"):
         super().__init__(config, axis_name)
@@ -60,6 +69,7 @@ class VAE(base.Family):
         # WordPiece captions (data.tokenizer="minilm") end with [SEP], from a 30,522-id vocabulary.
         wordpiece = d.get("tokenizer", "bytes") == "minilm"
         self.eos_id = minilm.SEP_ID if wordpiece else EOS_ID
+        self.byte_captions = not wordpiece  # valid UTF-8 by construction (`decode_captions`)
         vocab = {"vocab_size": minilm.VOCAB_SIZE} if wordpiece else {}
         self.net = vae_lib.MultimodalVAE(
             latent_dim=m.latent_dim,
@@ -287,50 +297,133 @@ class VAE(base.Family):
         return self._caption(params, z, jax.random.fold_in(key, 1), indices, temperature)
 
     def joint(self, variables, key, indices):
-        """z ~ N(0, I) -> (images in [-1, 1], greedy caption tokens), one pair per index."""
+        """z from the prior -> (images in [-1, 1], greedy caption tokens), one pair per index.
+        The prior is N(0, I), or the mixture in variables["latent_mixture"] when there is one
+        (`latent_mixture.fit` to codes from `posterior`: ex-post density estimation)."""
         params = variables["params"]
-        dim = self.config.model.latent_dim
-        zeros = jnp.zeros((indices.shape[0], dim), jnp.float32)
-        z = self._sample(key, indices, zeros, zeros)
+        if "latent_mixture" in variables:
+            mixture = variables["latent_mixture"]
+            keys = base.example_keys(key, indices)
+            z = jax.vmap(lambda k: latent_mixture.sample(k, mixture))(keys)
+        else:
+            dim = self.config.model.latent_dim
+            zeros = jnp.zeros((indices.shape[0], dim), jnp.float32)
+            z = self._sample(key, indices, zeros, zeros)
         return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
 
     def reconstruct(self, variables, images, tokens, key, indices):
         """(image, caption) -> z ~ q(z|x,t) -> (images in [-1, 1], greedy caption tokens)."""
         params = variables["params"]
+        key = jax.random.fold_in(key, 0)
+        z = self.posterior(variables, images, tokens, key, indices)
+        return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
+
+    def posterior(self, variables, images, tokens, key, indices):
+        """Latent codes z ~ q(z|x,t) (N, latent_dim) of image-caption pairs: the aggregate
+        posterior's samples, e.g. to fit a prior for `joint`."""
+        params = variables["params"]
+        image_q = self._apply(params, "encode_image", images)
+        text_q = self._apply(params, "encode_text", tokens)
+        return self._joint_sample(key, indices, self._joint_posterior(image_q, text_q))
+
+    def _joint_sample(self, key, indices, experts):
+        """z ~ q(z|x,t): the product of the experts (PoE) or a draw from their mixture (MoE)."""
+        if self.config.model.fusion == "poe":
+            return self._sample(key, indices, *elbo.product_of_experts(*experts))
+        keys = base.example_keys(key, indices)
+        pick = jax.vmap(lambda k, m, v: elbo.mixture_sample(k, m, v)[0], in_axes=(0, 1, 1))
+        return pick(keys, *experts)
+
+    def _joint_log_prob(self, z, experts):
+        """log q(z|x,t) of `_joint_sample`'s posterior."""
+        if self.config.model.fusion == "poe":
+            return elbo.gaussian_log_prob(z, *elbo.product_of_experts(*experts))
+        return elbo.mixture_log_prob(z, *experts)
+
+    # ---- likelihood ------------------------------------------------------------------
+    def log_likelihood(self, variables, images, tokens, key, indices, num_samples):
+        """Importance-weighted bounds (IWAE, Burda et al. 2016) of log p(x, t), log p(x) and
+        log p(t) per example, in nats: log (1/K) sum_k p(. | z_k) p(z_k) / q(z_k | .) with
+        K = `num_samples` draws z_k ~ q from the posterior the family infers from what is
+        given: q(z|x,t) (`_joint_sample`), q(z|x), q(z|t) (`_unimodal`). K = 1 is a
+        single-sample ELBO; the bound tightens as K grows. The likelihood terms are the
+        training ones, unweighted (no text_weight, beta = 1) and without word dropout.
+        Draw k of example i for bound m (0 joint, 1 image, 2 caption) uses
+        fold_in(fold_in(fold_in(key, m), k), indices[i])."""
+        params = variables["params"]
         image_q = self._apply(params, "encode_image", images)
         text_q = self._apply(params, "encode_text", tokens)
         experts = self._joint_posterior(image_q, text_q)
-        key = jax.random.fold_in(key, 0)
-        if self.config.model.fusion == "poe":
-            z = self._sample(key, indices, *elbo.product_of_experts(*experts))
-        else:
-            keys = base.example_keys(key, indices)
-            pick = jax.vmap(lambda k, m, v: elbo.mixture_sample(k, m, v)[0], in_axes=(0, 1, 1))
-            z = pick(keys, *experts)
-        return self._apply(params, "decode_image", z), self._caption(params, z, key, indices, 0.0)
+        image_q, text_q = self._unimodal(image_q), self._unimodal(text_q)
+        inputs = vae_lib.shift_right(tokens)
+        zeros = jnp.zeros_like(image_q[0])
+
+        def log_weights(k):
+            keys = [jax.random.fold_in(jax.random.fold_in(key, m), k) for m in range(3)]
+            z_joint = self._joint_sample(keys[0], indices, experts)
+            z_image, z_text = (
+                self._sample(kq, indices, *q) for kq, q in zip(keys[1:], (image_q, text_q))
+            )
+            (ll_x, ll_x_only), (ll_t, ll_t_only), _, _ = self._likelihoods(
+                params, [z_joint, z_image], [z_joint, z_text], images, tokens, inputs
+            )
+            prior = [elbo.gaussian_log_prob(z, zeros, zeros) for z in (z_joint, z_image, z_text)]
+            return {
+                "joint": ll_x + ll_t + prior[0] - self._joint_log_prob(z_joint, experts),
+                "image": ll_x_only + prior[1] - elbo.gaussian_log_prob(z_image, *image_q),
+                "text": ll_t_only + prior[2] - elbo.gaussian_log_prob(z_text, *text_q),
+            }
+
+        weights = jax.lax.map(log_weights, jnp.arange(num_samples))  # {bound: (K, N)}
+        log_k = jnp.log(jnp.float32(num_samples))
+        return {m: jax.nn.logsumexp(w, axis=0) - log_k for m, w in weights.items()}
 
     def _caption(self, params, z, key, indices, temperature):
-        """Autoregressive decoding of one caption per z: greedy (temperature 0) or sampled;
-        never PAD/BOS before the end, EOS forced at the last position, PAD after EOS."""
-        length = self.config.data.max_text_len
-        keys = base.example_keys(key, indices)
+        """One caption per z (greedy at temperature 0, sampled otherwise; see
+        `decode_captions`); example i draws from fold_in(key, indices[i])."""
+
+        def next_logits(carry, previous):
+            return self._apply(params, "decode_text_step", z, previous, carry)
+
         carry = self._apply(params, "start_text", z)
-        temperature = jnp.asarray(temperature, jnp.float32)
+        keys = base.example_keys(key, indices)
+        length = self.config.data.max_text_len
+        return decode_captions(
+            next_logits, carry, keys, length, temperature, self.eos_id, self.byte_captions
+        )
 
-        def step(state, position):
-            carry, previous, done = state
-            carry, logits = self._apply(params, "decode_text_step", z, previous, carry)
-            logits = logits.at[:, PAD_ID].set(-jnp.inf).at[:, vae_lib.BOS_ID].set(-jnp.inf)
-            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, position))(keys)
-            sampled = jax.vmap(jax.random.categorical)(
-                step_keys, logits / jnp.maximum(temperature, 1e-6)
-            )
-            token = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
-            token = jnp.where(position == length - 1, self.eos_id, token)
-            token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
-            return (carry, token, done | (token == self.eos_id)), token
 
-        start = jnp.full((z.shape[0],), vae_lib.BOS_ID, jnp.int32)
-        done = jnp.zeros((z.shape[0],), bool)
-        _, tokens = jax.lax.scan(step, (carry, start, done), jnp.arange(length))
-        return tokens.T
+def decode_captions(next_logits, carry, keys, length, temperature, eos_id=EOS_ID, utf8_bytes=True):
+    """Autoregressive decoding: `next_logits(carry, previous tokens (B,)) -> (carry, logits
+    (B, vocab))` from BOS, one token per position; greedy at temperature 0, sampled at
+    softmax temperature `temperature` otherwise (example b from keys[b]). -> int32 (B, length).
+
+    Never PAD/BOS before the end, `eos_id` at the last position at the latest, PAD after it.
+    Byte-level captions (`utf8_bytes`, the tokenizer's ids) are valid UTF-8 by construction
+    (`utf8`: each step picks among the bytes that continue a valid sequence and still fit
+    before the end)."""
+    temperature = jnp.asarray(temperature, jnp.float32)
+    batch = keys.shape[0]
+
+    def step(state, position):
+        carry, previous, text_state, done = state
+        carry, logits = next_logits(carry, previous)
+        scaled = jnp.where(temperature > 0, logits / jnp.maximum(temperature, 1e-6), logits)
+        if utf8_bytes:
+            # Byte positions left after this one before the last, where only EOS fits.
+            logits = utf8.constrain(scaled, text_state, length - 2 - position)
+        else:
+            logits = scaled.at[:, PAD_ID].set(-jnp.inf).at[:, vae_lib.BOS_ID].set(-jnp.inf)
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, position))(keys)
+        sampled = jax.vmap(jax.random.categorical)(step_keys, logits)
+        token = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
+        token = jnp.where(position == length - 1, eos_id, token)  # (bytes: already EOS)
+        token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
+        text_state = utf8.advance(text_state, token) if utf8_bytes else text_state
+        return (carry, token, text_state, done | (token == eos_id)), token
+
+    start = jnp.full((batch,), vae_lib.BOS_ID, jnp.int32)
+    text_state = jnp.full((batch,), utf8.START, jnp.int32)
+    done = jnp.zeros((batch,), bool)
+    _, tokens = jax.lax.scan(step, (carry, start, text_state, done), jnp.arange(length))
+    return tokens.T
