@@ -70,6 +70,25 @@ def define_config(fv, help_string="Experiment config file (get_config(arg)); FIL
     flags.mark_flag_as_required("config", flag_values=fv)
 
 
+def define_sampling(fv):
+    """--guidance, --sample_steps, --sampler: the sampling-time model fields a command may
+    change for one load of a run (`runs.SAMPLING_FIELDS`; flow runs have them)."""
+    flags.DEFINE_float(
+        "guidance", None, "Classifier-free guidance scale (default: the run's).", flag_values=fv
+    )
+    flags.DEFINE_integer("sample_steps", None, "ODE steps (default: the run's).", flag_values=fv)
+    flags.DEFINE_string(
+        "sampler", None, "ODE solver, euler or heun (default: the run's).", flag_values=fv
+    )
+
+
+def sampling(fv):
+    """{field: value or None} of the flags `define_sampling` defined, for `runs.load_run`."""
+    from mmgen_jax import runs  # the model code only once a command loads a run
+
+    return {name: fv[name].value for name in runs.SAMPLING_FIELDS}
+
+
 def parse_flags(fv, argv, doc=""):
     """Parses `argv` into `fv` (afresh: a second call forgets the first's values); a bad
     flag or config override ends in one FATAL line. Returns the positional arguments

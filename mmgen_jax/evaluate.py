@@ -14,7 +14,7 @@ prints a table.
 
 from absl import flags
 
-from mmgen_jax import app, runs
+from mmgen_jax import app
 from mmgen_jax.evaluation import report as report_lib
 
 FLAGS = app.flag_values()
@@ -42,21 +42,7 @@ flags.DEFINE_bool(
     "Also report the consistency the independent attribute judge reads.",
     flag_values=FLAGS,
 )
-flags.DEFINE_float(
-    "guidance",
-    None,
-    "Flow runs: classifier-free guidance scale (default: the run's).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "sample_steps", None, "Flow runs: ODE steps (default: the run's).", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "sampler",
-    None,
-    "Flow runs: ODE solver, euler or heun (default: the run's).",
-    flag_values=FLAGS,
-)
+app.define_sampling(FLAGS)
 flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
@@ -78,7 +64,7 @@ def main(argv):
         FLAGS.data_dir,
         FLAGS.reference,
         FLAGS.judge,
-        sampling={name: FLAGS[name].value for name in runs.SAMPLING_FIELDS},
+        sampling=app.sampling(FLAGS),
     )
     print(report_lib.table(report))
     print(f"wrote {report.pop('path')}")

@@ -37,7 +37,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from mmgen_jax import app, latent_mixture, parallel, runs, writers
+from mmgen_jax import app, latent_mixture, parallel, writers
 from mmgen_jax.data import pipeline, prepare, tokenizer
 from mmgen_jax.families import base
 from mmgen_jax.runs import generate_from_tokens, load_run
@@ -115,21 +115,7 @@ flags.DEFINE_integer(
     "Images generated per call, split over the devices (rounded up to a multiple).",
     flag_values=FLAGS,
 )
-flags.DEFINE_float(
-    "guidance",
-    None,
-    "Flow runs: classifier-free guidance scale (default: the run's).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "sample_steps", None, "Flow runs: ODE steps (default: the run's).", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "sampler",
-    None,
-    "Flow runs: ODE solver, euler or heun (default: the run's).",
-    flag_values=FLAGS,
-)
+app.define_sampling(FLAGS)
 flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
@@ -307,7 +293,7 @@ def main(argv):
         raise app.UsageError("--caption needs --out")
     # The captions are checked before the checkpoint loads: a bad file fails at once.
     captions = read_captions(FLAGS.captions_file) if FLAGS.captions_file else None
-    config, family, variables = load_run(FLAGS.workdir, FLAGS.step, sampling=_sampling())
+    config, family, variables = load_run(FLAGS.workdir, FLAGS.step, sampling=app.sampling(FLAGS))
     _require(family, config, "text2image")
     if FLAGS.truncation:
         _require_control(family, config, "truncation")
@@ -332,11 +318,6 @@ def main(argv):
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         grid.save(FLAGS.out)
         print(f"wrote {FLAGS.out}")
-
-
-def _sampling():
-    """The sampling-time model fields given on the command line (runs.SAMPLING_FIELDS)."""
-    return {name: FLAGS[name].value for name in runs.SAMPLING_FIELDS}
 
 
 def _require(family, config, mode):
@@ -367,7 +348,7 @@ def sample_interpolation():
         )
     if FLAGS.num < 2:
         raise app.UsageError(f"--num={FLAGS.num}: an interpolation needs at least 2 steps")
-    config, family, variables = load_run(FLAGS.workdir, FLAGS.step, sampling=_sampling())
+    config, family, variables = load_run(FLAGS.workdir, FLAGS.step, sampling=app.sampling(FLAGS))
     _require(family, config, "interpolate")
     _require_control(family, config, "interpolate")
     captions = [FLAGS.caption] + ([FLAGS.caption2] if FLAGS.caption2 else [])
@@ -401,7 +382,7 @@ def sample_vae(mode):
         raise app.UsageError(f"--mode={mode} needs --out_dir")
     if mode == "image2text" and FLAGS.images_dir:
         image_names(FLAGS.images_dir)  # a wrong folder fails before the checkpoint loads
-    config, family, variables = load_run(FLAGS.workdir, FLAGS.step, sampling=_sampling())
+    config, family, variables = load_run(FLAGS.workdir, FLAGS.step, sampling=app.sampling(FLAGS))
     _require(family, config, mode)
     if FLAGS.truncation:
         _require_control(family, config, "truncation")
