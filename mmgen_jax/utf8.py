@@ -55,7 +55,9 @@ def _token_tables():
     next_state[:, tokenizer.BYTE_OFFSET :] = _NEXT
     next_state[START, tokenizer.EOS] = START
     owed = np.where(next_state >= 0, _OWED[np.maximum(next_state, 0)], 0)
-    return jnp.asarray(next_state), jnp.asarray(owed)
+    # numpy: a jnp array here would start the JAX backend at import, before the command
+    # has chosen its devices; the functions below take them in as constants when traced.
+    return next_state, owed
 
 
 NEXT_STATE, OWED_AFTER = _token_tables()
@@ -67,8 +69,8 @@ def allowed(state, bytes_left):
     state: (B,) automaton states; bytes_left: byte positions that remain after this one
     before the end is forced (scalar or (B,)); below 0 only EOS (in state 0) is allowed.
     """
-    next_state = NEXT_STATE[state]
-    fits = OWED_AFTER[state] <= jnp.reshape(bytes_left, (-1, 1))
+    next_state = jnp.asarray(NEXT_STATE)[state]
+    fits = jnp.asarray(OWED_AFTER)[state] <= jnp.reshape(bytes_left, (-1, 1))
     is_eos = jnp.arange(tokenizer.VOCAB_SIZE) == tokenizer.EOS
     return (next_state >= 0) & (fits | is_eos)
 
@@ -85,5 +87,5 @@ def constrain(logits, state, bytes_left):
 def advance(state, token):
     """The state after `token` (B,); tokens that are not valid leave the state unchanged
     (PAD after the end)."""
-    next_state = NEXT_STATE[state, token]
+    next_state = jnp.asarray(NEXT_STATE)[state, token]
     return jnp.where(next_state >= 0, next_state, state)

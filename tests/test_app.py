@@ -326,3 +326,18 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch, started):
     monkeypatch.setattr(train, "train_and_evaluate", fails)
     with pytest.raises(RuntimeError, match="a bug"):
         app.run(main.main, main.FLAGS, ["main", SMOKE, f"--workdir={tmp_path}"])
+
+
+def test_no_command_starts_jax_when_imported():
+    """The device split and jax.distributed must come first: importing a command (and so
+    every family, model and metric) must not start a JAX backend."""
+    program = (
+        "from jax._src import xla_bridge\n"
+        "import mmgen_jax.main, mmgen_jax.sample, mmgen_jax.evaluate, mmgen_jax.sweep\n"
+        "import mmgen_jax.benchmark, mmgen_jax.report, mmgen_jax.fid\n"
+        "assert not xla_bridge.backends_are_initialized()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
