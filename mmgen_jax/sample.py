@@ -325,7 +325,7 @@ def _require(family, config, mode):
     if not family.can(MODE_CAPABILITIES[mode]):
         modes = [m for m, c in MODE_CAPABILITIES.items() if family.can(c)]
         raise app.UsageError(
-            f"--mode={mode} needs a model that can {MODE_CAPABILITIES[mode]}; {FLAGS.workdir} "
+            f"--mode={mode} needs a model with the {MODE_CAPABILITIES[mode]} capability; {FLAGS.workdir} "
             f"holds a {config.model.family!r} run, whose modes are {modes or 'none'}"
         )
 
@@ -433,7 +433,7 @@ def with_fitted_prior(config, family, variables, num_examples, components, seed,
     `seed`."""
     if not family.can(base.POSTERIOR):
         raise app.UsageError(
-            f"--joint_prior=mixture needs a model that can {base.POSTERIOR}; "
+            f"--joint_prior=mixture needs a model with the {base.POSTERIOR} capability; "
             f"{config.model.family!r} runs cannot: use --joint_prior=standard"
         )
     examples = eval_examples(config, num_examples, split=config.data.train_split)

@@ -97,7 +97,7 @@ def test_vae_only_modes_on_a_gan_run_are_a_clear_error(tmp_path, run_dir):
         f"--workdir={run_dir}", "--mode=image2text", f"--out_dir={tmp_path}", check=False
     )
     assert result.returncode != 0
-    assert "--mode=image2text needs a model that can image_to_text" in result.stderr
+    assert "--mode=image2text needs a model with the image_to_text capability" in result.stderr
     assert "Traceback" not in result.stderr
 
 
