@@ -34,7 +34,9 @@ depend on the batch size or the device count.
 
 import abc
 import dataclasses
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,6 +157,28 @@ def check(family_class):
 
 
 # ---- helpers every family shares ---------------------------------------------------
+
+
+@flax.struct.dataclass
+class NetworkState:
+    """The state of a family that trains one network with one optimiser (VAE, flow)."""
+
+    step: jax.Array  # int32 scalar: optimisation steps taken
+    rng: jax.Array  # raw uint32 PRNG key; per step and example via fold_in
+    params: Any
+    opt_state: Any
+    ema_params: Any  # exponential moving average of params, used for sampling
+
+
+def network_state(params, tx, rng) -> NetworkState:
+    """A fresh NetworkState at step 0: `tx`'s initial state, the EMA equal to `params`."""
+    return NetworkState(
+        step=jnp.zeros((), jnp.int32),
+        rng=rng,
+        params=params,
+        opt_state=tx.init(params),
+        ema_params=params,
+    )
 
 
 def device_index(index):

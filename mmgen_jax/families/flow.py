@@ -17,9 +17,6 @@ Example i's noise, time and caption dropout come from fold_in(key, index_i): res
 depend on the batch size or the device count.
 """
 
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -107,17 +104,8 @@ def drop_captions(key, index, tokens, rate):
 # ---- the family ------------------------------------------------------------------------
 
 
-@flax.struct.dataclass
-class FlowState:
-    step: jax.Array  # int32 scalar: optimisation steps taken
-    rng: jax.Array  # raw uint32 PRNG key; per step and example via fold_in
-    params: Any
-    opt_state: Any
-    ema_params: Any  # exponential moving average of params, used for sampling
-
-
 class Flow(base.Family):
-    """Networks and optimizer from a config, pure functions over FlowState."""
+    """Networks and optimizer from a config, pure functions over base.NetworkState."""
 
     capabilities = frozenset({base.TEXT_TO_IMAGE})
     nan_hint = "lower the learning rate (--config.train.lr) or set --config.train.grad_clip=1"
@@ -161,20 +149,14 @@ class Flow(base.Family):
         self.tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), tx) if t.grad_clip else tx
 
     # ---- state -------------------------------------------------------------------
-    def init(self, rng) -> FlowState:
+    def init(self, rng) -> base.NetworkState:
         """A fresh state; deterministic in `rng`."""
         d = self.config.data
         key_params, key_run = jax.random.split(rng)
         images = jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32)
         tokens = jnp.zeros((1, d.max_text_len), jnp.int32)
         params = self.net.init(key_params, images, jnp.zeros((1,)), tokens)["params"]
-        return FlowState(
-            step=jnp.zeros((), jnp.int32),
-            rng=key_run,
-            params=params,
-            opt_state=self.tx.init(params),
-            ema_params=params,
-        )
+        return base.network_state(params, self.tx, key_run)
 
     def device_batch(self, batch):
         """image, text and index (uint32): what the step reads."""
@@ -183,12 +165,12 @@ class Flow(base.Family):
     def example_batch(self, batch_size, seed):
         return base.synthetic_batch(self.config, batch_size, seed)
 
-    def sampling_variables(self, state: FlowState):
+    def sampling_variables(self, state: base.NetworkState):
         """The EMA parameters (or the live ones when EMA is off)."""
         return {"params": state.ema_params if self.config.train.ema_decay else state.params}
 
     # ---- the step ----------------------------------------------------------------
-    def train_step(self, state: FlowState, batch):
+    def train_step(self, state: base.NetworkState, batch):
         """One Adam update of the velocity network on this device's shard."""
         t = self.config.train
         key = jax.random.fold_in(state.rng, state.step)

@@ -15,9 +15,6 @@ Both: KL weight beta with a linear warm-up, per-modality reconstruction weights.
 example i comes from fold_in(key, index_i), so results do not depend on the device count.
 """
 
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -32,17 +29,8 @@ FUSIONS = ("poe", "moe")
 PAD_ID, EOS_ID = tokenizer.PAD, tokenizer.EOS  # padding and end of caption
 
 
-@flax.struct.dataclass
-class VAEState:
-    step: jax.Array  # int32 scalar: optimisation steps taken
-    rng: jax.Array  # raw uint32 PRNG key; per step and example via fold_in
-    params: Any
-    opt_state: Any
-    ema_params: Any  # exponential moving average of params, used for sampling
-
-
 class VAE(base.Family):
-    """The family: networks and optimizer from a config, pure functions over VAEState."""
+    """The family: networks and optimizer from a config, pure functions over its state."""
 
     capabilities = frozenset(
         {
@@ -90,7 +78,7 @@ class VAE(base.Family):
         self.tx = pretrained_text.optimizer(optax.adam(t.lr, b1=t.b1, b2=t.b2), m)
 
     # ---- state -------------------------------------------------------------------
-    def init(self, rng) -> VAEState:
+    def init(self, rng) -> base.NetworkState:
         """A fresh state; deterministic in `rng`."""
         d = self.config.data
         key_params, key_run = jax.random.split(rng)
@@ -98,13 +86,7 @@ class VAE(base.Family):
         tokens = jnp.zeros((1, d.max_text_len), jnp.int32)
         # A pretrained caption encoder starts from its shipped weights (no-op otherwise).
         params = minilm.load_into(self.net.init(key_params, images, tokens)["params"])
-        return VAEState(
-            step=jnp.zeros((), jnp.int32),
-            rng=key_run,
-            params=params,
-            opt_state=self.tx.init(params),
-            ema_params=params,
-        )
+        return base.network_state(params, self.tx, key_run)
 
     def device_batch(self, batch):
         """The host batch fields the step reads, in device dtypes (no int64 on device)."""
@@ -140,7 +122,7 @@ class VAE(base.Family):
         return jax.vmap(elbo.reparameterize)(base.example_keys(key, index), mean, logvar)
 
     # ---- the step ----------------------------------------------------------------
-    def train_step(self, state: VAEState, batch):
+    def train_step(self, state: base.NetworkState, batch):
         """One Adam update of all four networks on this device's shard."""
         t = self.config.train
         key = jax.random.fold_in(state.rng, state.step)
@@ -277,7 +259,7 @@ class VAE(base.Family):
         return -jnp.mean(total), metrics, z
 
     # ---- generation ----------------------------------------------------------------
-    def sampling_variables(self, state: VAEState):
+    def sampling_variables(self, state: base.NetworkState):
         """The EMA parameters (or the live ones when EMA is off)."""
         return {"params": state.ema_params if self.config.train.ema_decay else state.params}
 
