@@ -11,23 +11,30 @@ equal to PIL's BILINEAR resize of a mode 'F' image), then every pixel is
 round(a * fg + (1 - a) * bg) in RGB, so strokes are drawn in the foreground
 colour on a plain background colour.
 
-Colours: a fixed 6-colour `PALETTE`; the colour id is the index. Words, colours,
-templates and the caption parser live in `digits_domain` (no TFDS there). The 30 ordered
-(fg, bg) pairs with fg != bg are numbered by
+Colours: a fixed 6-colour `PALETTE`; the colour id is the index. Words, colours, the
+caption grammar and the caption parser live in `digits_domain` (no TFDS there). The 30
+ordered (fg, bg) pairs with fg != bg are numbered by
     pair_index = fg * 5 + (bg if bg < fg else bg - 1)        (0..29).
 Every digit image appears K = 6 times, with 6 distinct pairs drawn by a numpy RNG
-seeded with [1234, image_id], and one caption each. The caption template
-rotates with (image_id + slot) so that every template is used equally often.
+seeded with [1234, image_id], and one caption each.
 
-Splits and the compositional hold-out:
+Captions (`example_caption`): the sentence pattern rotates with (image_id + slot) over the
+split's patterns, so every pattern is used equally often; the pattern's wording (its
+optional words and synonyms) is drawn by a numpy RNG seeded with [4321, image_id, slot].
+
+Splits, the compositional hold-out and the phrasing hold-out:
   * images with image_id % 6 == 0 are test images (300), the others train
     images (1,497);
   * the combination (digit, fg, bg) is held out iff pair_index % 10 == digit:
     3 colour pairs per digit, 30 of the 300 combinations (`is_held_out`);
-  * train = train images x their pairs, minus held-out combinations;
+  * the sentence patterns `HELD_OUT_PATTERNS` (7 of 29, English and Chinese) are held out;
+  * train = train images x their pairs, minus held-out combinations, in train patterns;
   * test  = test images x their pairs, seen and held-out combinations alike,
-    flagged by the `held_out` feature. A model that draws "a red seven on blue"
-    correctly on test, never having seen that combination, composes.
+    flagged by the `held_out` feature, in train patterns. A model that draws "a red seven
+    on blue" correctly on test, never having seen that combination, composes;
+  * test_phrasings = the same examples as test (images, pairs, `held_out` flags; stored in
+    another order, since TFDS shuffles each split by its name), captioned in held-out
+    patterns only: a model that draws them right follows wordings it never trained on.
 
 Prepare with `python -m mmgen_jax.data.prepare --dataset=digits_captions`, or let
 the input pipeline do it on first use.
@@ -43,12 +50,15 @@ from PIL import Image
 from mmgen_jax.data.digits_domain import (
     COLOR_NAMES,
     DIGIT_WORDS,
+    HELD_OUT_PATTERNS,
     NUM_PAIRS,
     PALETTE,
-    TEMPLATES,
+    PHRASING_SPLIT,
+    TRAIN_PATTERNS,
     caption,
     is_held_out,
     pair_from_index,
+    variants,
 )
 
 IMAGE_SIZE = 32
@@ -65,6 +75,15 @@ def image_pairs(image_id: int) -> list[tuple[int, int]]:
     rng = np.random.default_rng([1234, image_id])
     chosen = rng.choice(NUM_PAIRS, size=PAIRS_PER_IMAGE, replace=False)
     return [pair_from_index(int(p)) for p in chosen]
+
+
+def example_caption(image_id: int, slot: int, digit: int, fg: int, bg: int, patterns) -> str:
+    """The caption of pair number `slot` of image `image_id`, in one of `patterns`: the
+    pattern rotates with image_id + slot (each used equally often), its wording is drawn by
+    an RNG of this example alone (independent of the split's other examples)."""
+    pattern = patterns[(image_id + slot) % len(patterns)]
+    rng = np.random.default_rng([4321, image_id, slot])
+    return caption(pattern, digit, fg, bg, int(rng.integers(len(variants(pattern)))))
 
 
 def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -100,8 +119,12 @@ def render(digit_image: np.ndarray, fg: int, bg: int) -> np.ndarray:
 class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
     """Coloured 32x32 handwritten digits with captions (see module docstring)."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "2.0.0": "A caption grammar: 29 sentence patterns (English and Chinese, optional "
+        "words, numerals and number words, synonyms); 22 caption train and test, 7 are held "
+        "out of train and caption only the new split test_phrasings (the test examples "
+        "again). Same images, pairs and held_out flags; train and test captions change.",
         "1.1.0": "Images stored as raw uint8 pixels (faster reads); same examples.",
         "1.0.0": "Initial release: 6 colour pairs per image, 6 caption "
         "templates (4 English, 2 Chinese), compositional hold-out.",
@@ -141,11 +164,13 @@ class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
 
         digits = load_digits()
         return {
-            "train": self._generate_examples(digits.images, digits.target, False),
-            "test": self._generate_examples(digits.images, digits.target, True),
+            split: self._generate_examples(digits.images, digits.target, split)
+            for split in ("train", "test", PHRASING_SPLIT)
         }
 
-    def _generate_examples(self, images, targets, test: bool):
+    def _generate_examples(self, images, targets, split: str):
+        test = split != "train"
+        patterns = HELD_OUT_PATTERNS if split == PHRASING_SPLIT else TRAIN_PATTERNS
         for image_id, (image, digit) in enumerate(zip(images, targets)):
             if (image_id % TEST_IMAGE_EVERY == 0) != test:
                 continue
@@ -154,13 +179,12 @@ class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
                 held_out = is_held_out(digit, fg, bg)
                 if held_out and not test:
                     continue
-                template = (image_id + slot) % len(TEMPLATES)
                 # A PIL image is PNG-encoded by PIL itself, not by TensorFlow.
                 yield (
                     f"{image_id:04d}_{fg}_{bg}",
                     {
                         "image": Image.fromarray(render(image, fg, bg)),
-                        "caption": caption(template, digit, fg, bg),
+                        "caption": example_caption(image_id, slot, digit, fg, bg, patterns),
                         "label": digit,
                         "fg": fg,
                         "bg": bg,
