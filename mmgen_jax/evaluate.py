@@ -3,12 +3,14 @@
 Generates one image per test caption (eval.num_samples of them, the first of the eval
 split in stored order), reads them and the real test images with the feature network
 (eval.extractor, default the domain evaluator in eval.evaluator_workdir), and reports
-FD, KID, precision/recall and attribute consistency (all / seen / held-out combinations),
-plus the same numbers for real images of eval.reference_split against the real test images:
-the ceiling each number can reach. Families that write captions add image->text (BLEU-4,
-attributes stated) and joint coherence; families with a likelihood (the VAE) add IWAE bounds
-of the test set's log p(image, caption), log p(image) and log p(caption) (eval.iwae_samples
-draws per example). Writes WORKDIR/eval/step_N.json (best_step_N.json with --best) and
+FD, KID, precision/recall and attribute consistency (all / seen / held-out combinations;
+on datasets with a split of held-out phrasings, as many images again drawn from those
+captions: `consistency_phrasing_held_out`), plus the same numbers for real images of
+eval.reference_split against the real test images: the ceiling each number can reach.
+Families that write captions add image->text (BLEU-4, attributes stated) and joint
+coherence; families with a likelihood (the VAE) add IWAE bounds of the test set's
+log p(image, caption), log p(image) and log p(caption) (eval.iwae_samples draws per
+example). Writes WORKDIR/eval/step_N.json (best_step_N.json with --best) and
 prints a table.
 """
 

@@ -1,6 +1,6 @@
-"""Dataset domains: the registry, the one caption parser (every template, both languages,
-garbage), the caption and attribute judges that read through it, and that none of it
-imports TFDS."""
+"""Dataset domains: the registry, the caption grammar (patterns, wordings, the held-out
+phrasings, byte lengths), the one caption parser (every caption, both languages, garbage),
+the caption and attribute judges that read through it, and that none of it imports TFDS."""
 
 import json
 import subprocess
@@ -59,6 +59,78 @@ def test_tokenizer_facts_are_the_ones_the_models_use():
     assert tokenizer.decode([tokenizer.BYTE_OFFSET + ord("a"), tokenizer.EOS]) == "a"
 
 
+# ---- the caption grammar ----------------------------------------------------------------
+
+EVERY_CAPTION = [
+    (dd.caption(p, digit, *dd.pair_from_index(pair), v), p, (digit, *dd.pair_from_index(pair)))
+    for p in range(len(dd.PATTERNS))
+    for v in range(len(dd.variants(p)))
+    for digit in range(10)
+    for pair in range(dd.NUM_PAIRS)
+]
+
+
+def _chinese(text):
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def test_grammar_counts_and_the_documented_hold_out():
+    assert dd.PATTERNS[: len(dd.TEMPLATES)] == dd.TEMPLATES  # the 1.x captions stay, in train
+    assert (len(dd.PATTERNS), len(dd.TRAIN_PATTERNS), len(dd.HELD_OUT_PATTERNS)) == (29, 22, 7)
+    assert dd.TRAIN_PATTERNS == tuple(range(22)) and dd.HELD_OUT_PATTERNS == tuple(range(22, 29))
+    assert 0.2 <= len(dd.HELD_OUT_PATTERNS) / len(dd.PATTERNS) <= 0.25
+    assert dd.PATTERNS[22] == "a {word} in {fg} on {bg}"  # the issue's "a seven in red on blue"
+    assert sum(len(dd.variants(p)) for p in range(len(dd.PATTERNS))) == 113
+    assert len(EVERY_CAPTION) == 113 * 300 == len({text for text, _, _ in EVERY_CAPTION})
+    for patterns in (dd.TRAIN_PATTERNS, dd.HELD_OUT_PATTERNS):  # both languages on both sides
+        chinese = [p for p in patterns if _chinese(dd.PATTERNS[p])]
+        assert 2 <= len(chinese) <= len(patterns) - 5
+
+
+def test_variants_spell_out_alternatives_and_optional_words():
+    assert dd.variants(0) == (dd.TEMPLATES[0],)
+    assert dd.variants(23) == ("{num} in {fg}, {bg} background", "{num} in {fg}, {bg} backdrop")
+    assert dd.variants(9) == tuple(
+        f"{h}{{word}} in {{fg}} on a {{bg}} {g}"
+        for h in ("handwritten ", "")
+        for g in ("ground", "backdrop", "background")
+    )
+    assert dd.caption(27, 7, 2, 4, 3) == "一个红色的7在蓝色底色上"
+    assert dd.caption(22, 7, 2, 4) == "a seven in red on blue"
+
+
+def test_grammar_uses_numerals_number_words_and_true_synonyms():
+    words = {w for text, p, _ in EVERY_CAPTION if p in dd.TRAIN_PATTERNS for w in text.split()}
+    for synonym in ("digit", "numeral", "figure", "number", "background", "backdrop", "ground"):
+        assert synonym in words or f"{synonym}," in words, synonym
+    train = [text for text, p, _ in EVERY_CAPTION if p in dd.TRAIN_PATTERNS]
+    assert any("seven" in t for t in train) and any(" 7 " in t for t in train)
+    assert any("七" in t for t in train) and any("7" in t and _chinese(t) for t in train)
+
+
+def test_every_caption_fits_the_default_text_length_uncut():
+    longest = max(len(text.encode("utf-8")) for text, _, _ in EVERY_CAPTION)
+    assert longest == 61  # + EOS: within data.max_text_len = 64 bytes
+    for text, _, _ in EVERY_CAPTION:
+        assert tokenizer.decode(tokenizer.encode(text, 64)) == text, text
+        assert text == text.strip() and "  " not in text, text
+
+
+def test_every_caption_of_every_pattern_parses_back_to_its_attributes_and_pattern():
+    for text, pattern, (digit, fg, bg) in EVERY_CAPTION:
+        assert dd.parse_caption(text) == {"label": digit, "fg": fg, "bg": bg}, text
+        assert dd.pattern_of(text) == pattern, text
+        assert dd.parse_caption(text[:-1]) is None and dd.parse_caption(text + "s") is None, text
+    assert dd.pattern_of("a seven in red on blue") == 22
+    assert dd.pattern_of("a seven in red on red") is None
+
+
+def test_held_out_phrasings_never_write_a_train_caption():
+    train = {text for text, p, _ in EVERY_CAPTION if p in dd.TRAIN_PATTERNS}
+    held_out = {text for text, p, _ in EVERY_CAPTION if p in dd.HELD_OUT_PATTERNS}
+    assert len(held_out) == 21 * 300 and not train & held_out
+
+
 # ---- the one parser --------------------------------------------------------------------
 
 
@@ -94,6 +166,8 @@ def test_parser_reads_both_languages_alike():
         "the digit 12 in red over blue",
         "the digit seven in red over blue",  # {num} is the numeral
         "a red seven",
+        "a seven in red on blue background",  # no pattern has this shape
+        "a seven in red on a blue backdrop",
         "红色背景上的红色手写数字七",  # fg == bg, Chinese
         "蓝色背景上的红色手写数字7",  # Chinese templates spell the digit
         "a red handwritten seven on a blue background a red handwritten seven on a blue background",

@@ -25,6 +25,9 @@ class Domain:
     palette: RGB of each colour class, for attributes that are colours; else None.
     drawn_digits: images are scikit-learn's 8x8 digits (`label`) drawn in `palette` colours,
         `fg` on `bg`, which `evaluation.attribute_judge` reads from pixels alone.
+    phrasing_split: a split of test examples captioned only in sentence patterns held out of
+        train (`consistency_phrasing_held_out`), or None; versions prepared before it existed
+        lack it.
     """
 
     name: str
@@ -33,6 +36,7 @@ class Domain:
     parse_caption: Callable[[str], dict[str, int] | None] | None = None
     palette: tuple[tuple[int, int, int], ...] | None = None
     drawn_digits: bool = False
+    phrasing_split: str | None = None
 
     @property
     def can_parse_captions(self) -> bool:
@@ -56,6 +60,7 @@ DIGITS = Domain(
     parse_caption=digits_domain.parse_caption,
     palette=digits_domain.PALETTE,
     drawn_digits=True,
+    phrasing_split=digits_domain.PHRASING_SPLIT,
 )
 
 _DOMAINS = {d.name: d for d in (DIGITS,)}

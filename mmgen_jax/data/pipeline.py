@@ -61,6 +61,11 @@ def _builder(name: str, data_dir: str | None, builder_kwargs: dict | None = None
     return tfds.builder_from_directory(prepare.ensure_prepared(name, data_dir, builder_kwargs))
 
 
+def split_names(name: str, data_dir: str | None, builder_kwargs: dict | None = None) -> set[str]:
+    """The splits of `name` as prepared (prepares it if needed)."""
+    return set(_builder(name, data_dir, builder_kwargs).info.splits)
+
+
 def _label_names(builder) -> list[str] | None:
     """Class names of a `label` ClassLabel feature, made into captions when uncaptioned."""
     features = builder.info.features

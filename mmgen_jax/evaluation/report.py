@@ -21,6 +21,7 @@ _COLUMNS = (
     ("consistency", "consistent"),
     ("consistency_seen", "seen"),
     ("consistency_held_out", "held-out"),
+    ("consistency_phrasing_held_out", "phrasings"),
 )
 
 
@@ -119,6 +120,7 @@ def table(report):
         f"test images; diversity: spread of {report['settings']['diversity_samples']} images "
         f"per caption / spread of real images of the same attributes; HF power: share of "
         f"luminance power above half Nyquist / real test's (1 = like real); consistency: share "
-        f"of images whose evaluator-read attributes all match the caption"
+        f"of images whose evaluator-read attributes all match the caption (seen / held-out "
+        f"combinations; phrasings: captions in sentence patterns held out of training)"
     )
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Measuring a generative run: images generated from test captions against the real test
 images (FD, KID, precision/recall in a feature network's space; attribute consistency read
-by the domain evaluator; variety per caption, `diversity`; fine-detail power,
+by the domain evaluator, also on captions in phrasings held out of train where the dataset
+has such a split; variety per caption, `diversity`; fine-detail power,
 `hf_power_ratio`), the same numbers for real reference images (the ceiling), and, for
 families that also write captions, image->text and joint metrics, and for families with
 a likelihood, importance-weighted bounds of the test set's log-likelihood.
@@ -75,6 +76,7 @@ class Suite:
                 f"eval.iwae_samples={settings.iwae_samples}: use a count >= 1 (0 = no likelihood)"
             )
         self.targets = {h: self.test[h] for h in self.judge.heads}
+        self.phrasings = self._held_out_phrasings(domain)
         real_features = feature_cache.features(
             self.extractor,
             self.test["image"],
@@ -108,7 +110,32 @@ class Suite:
         names += ["consistency"] + [f"consistency_{h}" for h in self.judge.heads]
         if "held_out" in self.test:
             names += ["consistency_seen", "consistency_held_out"]
+        if self.phrasings is not None:
+            names += ["consistency_phrasing_held_out"]
         return names
+
+    def _held_out_phrasings(self, domain):
+        """As many examples as the main set (the first, in stored order) of the domain's split
+        captioned in phrasings held out of train, or None where the dataset (or the version
+        prepared) has none."""
+        split = domain.phrasing_split if domain else None
+        d = self.config.data
+        if split is None or split not in pipeline.split_names(
+            d.name, self.data_dir, pipeline.builder_kwargs(d)
+        ):
+            return None
+        return load_split(self.config, split, self.num, self.data_dir)
+
+    def phrasing_consistency(self, family, variables):
+        """`consistency_phrasing_held_out`: the share of images drawn from captions in
+        held-out phrasings whose evaluator-read attributes all match the caption. Image i uses
+        the noise of the main set's image i."""
+        tokens = self.phrasings["text"]
+        images = self._draw(family, variables, tokens, np.arange(len(tokens), dtype=np.uint32))
+        _, predicted = self.judge(images)
+        targets = {h: self.phrasings[h] for h in self.judge.heads}
+        scores = metrics.consistency(predicted, targets)
+        return {"consistency_phrasing_held_out": scores["consistency"]}
 
     def _cache_path(self, split, num):
         """Where the extractor's features of `num` real `split` images are cached (or None)."""
@@ -198,11 +225,14 @@ class Suite:
     def measure_run(self, family, variables, cross_check=False, likelihood=True):
         """Every metric of a trained family: images from test captions and, where the family
         declares IMAGE_TO_TEXT / JOINT / LIKELIHOOD, image->text, joint coherence and the
-        test-set likelihood. With
+        test-set likelihood; where the dataset has held-out phrasings, the consistency on
+        them. With
         `cross_check`, also the consistency the independent attribute judge reads in the same
         images (`judge_consistency...`; datasets whose domain declares `drawn_digits`)."""
         images = self.generate(family, variables)
         out = self.measure_images(images)
+        if self.phrasings is not None and family.can(base.TEXT_TO_IMAGE):
+            out.update(self.phrasing_consistency(family, variables))
         if self.groups:
             out["diversity"] = self.diversity(family, variables)
         if cross_check:
