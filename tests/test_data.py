@@ -32,8 +32,9 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def examples(data_dir):
-    """Every stored example of both splits, keyed by split."""
-    return {split: list(pipeline.load_source(NAME, split, data_dir)) for split in ("train", "test")}
+    """Every stored example of every split, keyed by split."""
+    splits = ("train", "test", dd.PHRASING_SPLIT)
+    return {split: list(pipeline.load_source(NAME, split, data_dir)) for split in splits}
 
 
 @pytest.fixture(scope="session")
@@ -185,28 +186,59 @@ def test_rendered_colours(examples, digits):
     assert checked >= 10
 
 
+def _patterns_used(examples):
+    return collections.Counter(dd.pattern_of(ex["caption"].decode()) for ex in examples)
+
+
 def test_captions_in_examples(examples, digits):
     by_key = {(ex["image_id"], ex["fg"], ex["bg"]): ex for ex in examples["train"]}
-    # Image 2 (a two) uses template (2 + slot) % 6: template 0 at slot 4, drawn
-    # in red (2) on yellow (5).
+    # Image 2 (a two), slot 4, in red (2) on yellow (5): train pattern (2 + 4) % 22 = 6,
+    # its wording drawn by the RNG seeded [4321, 2, 4].
     assert digits.target[2] == 2 and dc.image_pairs(2)[4] == (2, 5)
-    assert by_key[(2, 2, 5)]["caption"] == (b"a red handwritten two on a yellow background")
-    captions = [ex["caption"].decode() for ex in examples["test"]]
-    counts = collections.Counter(
-        next(
-            t
-            for t in range(len(dd.TEMPLATES))
-            if dd.caption(t, ex["label"], ex["fg"], ex["bg"]) == c
+    assert by_key[(2, 2, 5)]["caption"] == b"the red digit 2 on a yellow background"
+    # Train patterns only, each equally often in test (the rotation over image_id + slot =
+    # 0..1799); about as often in train (which drops the held-out combinations).
+    for split, spread in (("train", 40), ("test", 1)):
+        counts = _patterns_used(examples[split])
+        assert set(counts) == set(dd.TRAIN_PATTERNS), split
+        assert max(counts.values()) - min(counts.values()) <= spread, counts
+    # Every wording of every train pattern occurs in train (the RNG draws them all).
+    wordings = set()
+    for ex in examples["train"]:
+        text, pattern = ex["caption"].decode(), dd.pattern_of(ex["caption"].decode())
+        truth = (ex["label"], ex["fg"], ex["bg"])
+        sized = len(dd.variants(pattern))
+        wordings.add(
+            (pattern, next(v for v in range(sized) if dd.caption(pattern, *truth, v) == text))
         )
-        for ex, c in zip(examples["test"], captions)
-    )
-    assert counts == {t: 300 for t in range(len(dd.TEMPLATES))}
-    assert sum("背景" in c for c in captions) == 300
+    assert wordings == {(p, v) for p in dd.TRAIN_PATTERNS for v in range(len(dd.variants(p)))}
+    chinese = sum("色" in ex["caption"].decode() for ex in examples["test"])
+    assert 1800 * 6 / 22 < chinese < 1800 * 8 / 22  # 7 of the 22 train patterns are Chinese
+
+
+def test_test_phrasings_are_the_test_examples_in_held_out_patterns_only(examples):
+    phrasings, test = examples[dd.PHRASING_SPLIT], examples["test"]
+
+    def keyed(split):
+        return {(ex["image_id"], ex["fg"], ex["bg"]): ex for ex in split}
+
+    assert keyed(phrasings).keys() == keyed(test).keys() and len(phrasings) == 1800
+    for key, ex in keyed(phrasings).items():
+        same = keyed(test)[key]
+        assert (ex["label"], ex["held_out"]) == (same["label"], same["held_out"])
+        np.testing.assert_array_equal(ex["image"], same["image"])
+    counts = _patterns_used(phrasings)
+    assert set(counts) == set(dd.HELD_OUT_PATTERNS)  # every one, and nothing else
+    assert min(counts.values()) >= 250
+    assert not _patterns_used(examples["train"]).keys() & set(dd.HELD_OUT_PATTERNS)
+    # Image 0 (a zero), slot 0, yellow (5) on white (1): held-out pattern 22 + (0 + 0) % 7.
+    assert dc.image_pairs(0)[0] == (5, 1)
+    assert keyed(phrasings)[(0, 5, 1)]["caption"] == b"a zero in yellow on white"
 
 
 def test_every_stored_caption_parses_to_its_example(examples):
     # The one parser reads back every caption the builder wrote, in every template/language.
-    for split in ("train", "test"):
+    for split in ("train", "test", dd.PHRASING_SPLIT):
         for ex in examples[split]:
             stated = dd.parse_caption(ex["caption"].decode())
             assert stated == {"label": ex["label"], "fg": ex["fg"], "bg": ex["bg"]}, ex["caption"]
