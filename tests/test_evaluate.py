@@ -1,17 +1,21 @@
 """The domain evaluator's training, evaluation during training, and `evaluate` end to end."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT, load_config
 
 from mmgen_jax import runs, train
+from mmgen_jax.data import digits_domain as dd
+from mmgen_jax.data import domains, tokenizer
+from mmgen_jax.evaluation import metrics, settings, suite
 from mmgen_jax.evaluation import report as evaluate
-from mmgen_jax.evaluation import settings, suite
 from mmgen_jax.families import base
 from mmgen_jax.families.evaluator import gaussian_blur
 from mmgen_jax.models.classifier import stroke_map
@@ -102,6 +106,7 @@ def test_training_logs_eval_metrics_and_keeps_the_best_checkpoint(gan_dir):
     for key in ("fd_digits", "kid_digits", "kid_digits_std", "precision_digits", "recall_digits"):
         assert all(isinstance(r[f"eval/{key}"], float) for r in evals)
     assert {"eval/consistency_seen", "eval/consistency_held_out"} <= set(evals[0])
+    assert 0.0 <= evals[0]["eval/consistency_phrasing_held_out"] <= 1.0
     best = json.loads((gan_dir / "best.json").read_text())
     values = {r["step"]: r["eval/precision_digits"] for r in evals}
     assert best["metric"] == "precision_digits" and best["value"] == max(values.values())
@@ -125,7 +130,7 @@ def test_evaluate_prints_the_table_and_writes_the_report(gan_dir, evaluator_dir)
     assert "generated (step 6)" in result.stdout and "real train vs test" in result.stdout
     assert "read by the judge" in result.stdout
     headers = ("FD", "KID", "precision", "recall", "diversity", "HF power", "consistent", "seen")
-    for header in (*headers, "held-out"):
+    for header in (*headers, "held-out", "phrasings"):
         assert header in result.stdout
     report = json.loads((gan_dir / "eval" / "step_6.json").read_text())
     assert report["num_samples"] == 64 and report["reference_split"] == "train"
@@ -138,8 +143,10 @@ def test_evaluate_prints_the_table_and_writes_the_report(gan_dir, evaluator_dir)
         assert report[row]["diversity"] >= 0.0 and report[row]["hf_power_ratio"] > 0.0
     assert report["settings"]["diversity_samples"] == 4
     assert 0.0 <= report["generated"]["judge_consistency_held_out"] <= 1.0
+    assert 0.0 <= report["generated"]["consistency_phrasing_held_out"] <= 1.0
     # The reference row: real train images against real test images, seen combinations only.
     assert report["reference"]["num"] == 64 and "consistency_held_out" not in report["reference"]
+    assert "consistency_phrasing_held_out" not in report["reference"]
 
 
 def test_evaluate_best_checkpoint(gan_dir, evaluator_dir):
@@ -241,3 +248,76 @@ def test_evaluate_reports_the_test_likelihood_of_a_vae(tmp_path, data_dir, evalu
     overrides["iwae_samples"] = -1
     with pytest.raises(ValueError, match=r"eval.iwae_samples=-1: use a count >= 1"):
         evaluate.evaluate(workdir, overrides=overrides, reference=False)
+
+
+class _CaptionFollower:
+    """A generator that understands captions of `patterns` only: image i spells out, in its
+    pixel values, the (label, fg, bg) its caption states; any other caption gets (0, 0, 0),
+    never right (fg != bg). The caption is read on the host, from the tokens it is given."""
+
+    def __init__(self, patterns):
+        self.patterns = set(patterns)
+
+    def can(self, capability):
+        return capability == base.TEXT_TO_IMAGE
+
+    def _stated(self, tokens):
+        out = np.zeros((len(tokens), 3), np.float32)
+        for i, row in enumerate(np.asarray(tokens)):
+            text = tokenizer.decode(row)
+            if dd.pattern_of(text) in self.patterns:
+                out[i] = list(dd.parse_caption(text).values())
+        return out
+
+    def generate(self, variables, tokens, key, indices):
+        shape = jax.ShapeDtypeStruct((tokens.shape[0], 3), jnp.float32)
+        stated = jax.pure_callback(self._stated, shape, tokens)
+        return jnp.broadcast_to(stated[:, None, None, :] / 10, (tokens.shape[0], 32, 32, 3))
+
+
+class _PixelJudge:
+    """Reads back what `_CaptionFollower` spelled out: a judge that never errs."""
+
+    heads = ("label", "fg", "bg")
+
+    def __call__(self, images):
+        stated = np.rint(np.asarray(images)[:, 0, 0, :] * 10).astype(np.int64)
+        return None, dict(zip(self.heads, stated.T))
+
+
+def test_consistency_on_held_out_phrasings(gan_dir, evaluator_dir, data_dir):
+    config, _, variables = runs.load_run(str(gan_dir))
+    s = settings.with_defaults(config.eval)[0]
+    s.evaluator_workdir, s.num_samples = str(evaluator_dir), 64
+    measure = suite.Suite(config, s, s.num_samples, data_dir)
+    phrasings = measure.phrasings
+    assert "consistency_phrasing_held_out" in measure.names()
+    assert len(phrasings["caption"]) == 64
+    assert {dd.pattern_of(c) for c in phrasings["caption"]} <= set(dd.HELD_OUT_PATTERNS)
+    measure.judge = _PixelJudge()
+    # Following the train phrasings only: every test caption right, no held-out phrasing.
+    templates_only = _CaptionFollower(dd.TRAIN_PATTERNS)
+    _, read = measure.judge(measure.generate(templates_only, variables))
+    assert metrics.consistency(read, measure.targets)["consistency"] == 1.0
+    score = measure.phrasing_consistency(templates_only, variables)
+    assert score == {"consistency_phrasing_held_out": 0.0}
+    # Following every phrasing of the grammar: all right.
+    follower = _CaptionFollower(range(len(dd.PATTERNS)))
+    values = measure.measure_run(follower, variables)
+    assert values["consistency"] == values["consistency_phrasing_held_out"] == 1.0
+
+
+def test_datasets_without_held_out_phrasings_skip_the_metric(
+    gan_dir, evaluator_dir, data_dir, monkeypatch
+):
+    """A split the prepared dataset lacks (a version prepared before it, say): no metric, no
+    error; the table shows '-'."""
+    older = dataclasses.replace(domains.DIGITS, phrasing_split="test_phrasings_of_3.0")
+    monkeypatch.setitem(domains._DOMAINS, dd.NAME, older)
+    config, family, variables = runs.load_run(str(gan_dir))
+    s = settings.with_defaults(config.eval)[0]
+    s.evaluator_workdir, s.num_samples = str(evaluator_dir), 32
+    measure = suite.Suite(config, s, s.num_samples, data_dir)
+    assert measure.phrasings is None and "consistency_phrasing_held_out" not in measure.names()
+    values = measure.measure_run(family, variables, likelihood=False)
+    assert "consistency_phrasing_held_out" not in values and "consistency_held_out" in values
