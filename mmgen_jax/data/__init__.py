@@ -2,7 +2,7 @@
 
   tokenizer        UTF-8 byte tokenizer (no vocabulary file)
   domains          what evaluation may know of a dataset (attributes, caption parser, palette)
-  digits_domain    digits_captions' words, colours, templates and its one caption parser
+  digits_domain    digits_captions' words, colours, caption grammar and its one parser
   digits_captions  embedded TFDS builder: coloured digits with captions
   caption_folder   TFDS builder over a user's folder of images + captions.jsonl/.csv
   fashion_mnist_captions  embedded TFDS builder: Fashion-MNIST from the Debian package's files

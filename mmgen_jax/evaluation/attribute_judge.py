@@ -10,7 +10,7 @@ the image's stroke intensity pooled to 8x8. It reads any dataset whose domain de
 
   python -m mmgen_jax.evaluation.attribute_judge --samples_dir=DIR [--dataset=NAME]
 reads DIR/index.jsonl (as written by `mmgen_jax.sample`), parses the captions with the
-dataset's domain (any of its templates, English or Chinese; other lines are skipped) and
+dataset's domain (any of its patterns, English or Chinese; other lines are skipped) and
 prints the share of images whose digit, fg and bg (and all three) match their caption.
 """
 
@@ -108,7 +108,7 @@ def main(argv):
     if not parsed:
         raise app.UsageError(
             f"no caption in {folder}/index.jsonl is a {domain.name} caption: sample from "
-            f"captions the dataset writes (any of its templates)"
+            f"captions the dataset writes (any of its caption patterns)"
         )
     images = np.stack(
         [np.asarray(Image.open(os.path.join(folder, r["file"])).convert("RGB")) for r, _ in parsed]

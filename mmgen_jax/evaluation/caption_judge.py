@@ -5,7 +5,7 @@
 reads DIR/index.jsonl as `python -m mmgen_jax.sample --mode=image2text` writes it for the
 eval split ({"caption": generated, "reference": the image's true caption}) and prints the
 share of captions that are well formed (a caption the dataset writes, in any of its
-templates and languages), that state each attribute right, and that state all of them
+patterns and languages), that state each attribute right, and that state all of them
 right. Captions are read by the dataset's domain (`mmgen_jax.data.domains`); one that does
 not parse states nothing and counts as wrong.
 """
