@@ -30,6 +30,7 @@ def get_config(arg=None):
     )
     m.conditioning = "projection"  # how D uses the caption: "projection" or "concat"
     m.d_norm = "spectral"  # D's normalisation: "spectral" (SNGAN) or "batch" (DCGAN)
+    m.d_minibatch_std = 0  # D sees the batch's variety: std over groups of this many (0 = off)
     m.num_classes = 10  # classes of the dataset's label (auxiliary classifier head)
     m.text_proj_dim = 128  # width of the caption projection inside G and D
     m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs), "transformer",
@@ -52,6 +53,7 @@ def get_config(arg=None):
     # Where the dataset has labels: D's image head classifies them (TAC-GAN) and both caption
     # encoders get a label head, so they learn to read the digit; 0 = captions only.
     t.aux_classifier_weight = 1.0
+    t.twin_classifier = False  # TAC-GAN: a twin label head on generated images (anti-collapse)
     t.update_order = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
     t.lr_g = 2e-4  # Adam learning rate of G
     t.lr_d = 2e-4  # Adam learning rate of D

@@ -118,6 +118,8 @@ class GAN(base.Family):
             conditioning=m.conditioning,
             norm=m.d_norm,
             num_classes=self._classes(),
+            twin_classifier=_twin(self.config.train),
+            minibatch_std=m.get("d_minibatch_std", 0),  # runs from before the field: off
             impl=m.d_impl,
             axis_name=axis_name,
             dtype=jnp.dtype(m.dtype),
@@ -296,8 +298,23 @@ def _apply(net: NetState, grads, batch_stats, tx) -> NetState:
 
 
 def label_loss(train, logits, labels):
-    """The auxiliary label heads' weighted cross-entropy (TAC-GAN)."""
+    """The auxiliary label heads' weighted cross-entropy."""
     return train.aux_classifier_weight * losses.classification_loss(logits, labels)
+
+
+def _twin(train) -> bool:
+    """Whether D has TAC-GAN's twin label head (runs from before the field: no)."""
+    return bool(train.aux_classifier_weight) and train.get("twin_classifier", False)
+
+
+def class_terms(train, sown, labels):
+    """G's label terms on its images: named as their caption's label by the head trained on
+    real images, and with TAC-GAN's twin, minus what the twin (trained on generated images)
+    reads, which cancels the pull towards the easiest-to-classify image of each label."""
+    loss = label_loss(train, sown["class_logits"], labels)
+    if "twin_logits" in sown:
+        loss -= label_loss(train, sown["twin_logits"], labels)
+    return loss
 
 
 def generator_pass(g_params, *, apply, batch_stats, z, z2, tokens, labels, train):
@@ -381,8 +398,10 @@ def discriminator_pass(
         # TAC-GAN: D's image head names the label of real images and G wants its images
         # named as the label of their caption; D's caption head names it too.
         d_class = label_loss(t, real_features["class_logits"], labels)
-        g_class = label_loss(t, fake_features["class_logits"], labels)
+        g_class = class_terms(t, fake_features, labels)
         d_loss += d_class + label_loss(t, text_logits, labels)
+        if "twin_logits" in fake_features:  # TAC-GAN: the twin learns the generated images
+            d_loss += label_loss(t, fake_features["twin_logits"], labels)
         g_loss += g_class
         metrics.update(d_class=d_class, g_class=g_class)
     if t.contrastive_weight > 0:
@@ -407,7 +426,7 @@ def generator_objective(fake, *, d_params, apply, batch_stats, tokens, labels, t
     logits, _, sown = score(apply, d_params, batch_stats, fake, encode(apply, d_params, tokens)[0])
     loss = losses.generator_loss(t.loss, logits)
     if labels is not None:
-        loss += label_loss(t, sown["class_logits"], labels)
+        loss += class_terms(t, sown, labels)
     if t.contrastive_weight > 0:
         loss += t.contrastive_weight * alignment(
             sown["image_features"], sown["text_features"], axis_name, t.contrastive_temperature

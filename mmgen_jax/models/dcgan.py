@@ -17,7 +17,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-from mmgen_jax.models.layers import Conv2xDown, ConvTranspose2x, Impl, ResizeConv2x, icnr
+from mmgen_jax.models.layers import (
+    Conv2xDown,
+    ConvTranspose2x,
+    Impl,
+    ResizeConv2x,
+    icnr,
+    minibatch_stddev,
+)
 
 NORMS = ("batch", "none")
 # Generator.upsample: "transpose" (4x4 stride-2 transposed conv, default init), "icnr" (the
@@ -127,9 +134,14 @@ class Discriminator(nn.Module):
         text_proj_dim: width of the text projection for 'concat' ('projection' uses C).
         conditioning: 'concat' or 'projection', as above.
         num_classes: > 0 adds an auxiliary head classifying the image into the dataset's
-            labels (TAC-GAN); its logits are sown to "intermediates"/"class_logits".
+            labels; its logits are sown to "intermediates"/"class_logits".
+        twin_classifier: with `num_classes`, a second head of the same shape (TAC-GAN's twin,
+            trained on generated images), sown to "intermediates"/"twin_logits".
         norm: 'batch' (BatchNorm after every conv but the first: DCGAN, the peer benchmark)
             or 'spectral' (spectral normalisation of every layer, no BatchNorm: SNGAN).
+        minibatch_std: > 0 appends the minibatch standard deviation over groups of this many
+            examples of the global batch as a channel of the 4x4 map
+            (`layers.minibatch_stddev`); 0 = off.
         impl: 'fast' or 'textbook' downsampling (see `layers`); same parameters either way.
             On XLA:CPU 'textbook' is the faster of the two for this network.
         axis_name: mapped axis to average BatchNorm statistics over, or None.
@@ -142,6 +154,8 @@ class Discriminator(nn.Module):
     conditioning: Literal["concat", "projection"] = "concat"
     norm: Literal["batch", "spectral"] = "batch"
     num_classes: int = 0
+    twin_classifier: bool = False
+    minibatch_std: int = 0
     impl: Impl = "fast"
     axis_name: str | None = None
     dtype: Dtype = jnp.float32
@@ -182,10 +196,17 @@ class Discriminator(nn.Module):
                 h = _batch_norm(train, self.axis_name, self.dtype, f"bn{i}")(h)
             h = nn.leaky_relu(h, 0.2)
 
-        flat = h.reshape(h.shape[0], -1)
+        # The variety channel feeds the flat heads; the caption projection reads h alone.
+        flat = h
+        if self.minibatch_std:
+            flat = minibatch_stddev(h, self.minibatch_std, self.axis_name if train else None)
+        flat = flat.reshape(h.shape[0], -1)
         if self.num_classes:  # auxiliary classifier head (TAC-GAN), read via "intermediates"
             classes = layer(nn.Dense(self.num_classes, dtype=self.dtype, name="classes"))(flat)
             self.sow("intermediates", "class_logits", classes.astype(jnp.float32))
+            if self.twin_classifier:
+                twin = layer(nn.Dense(self.num_classes, dtype=self.dtype, name="twin_classes"))
+                self.sow("intermediates", "twin_logits", twin(flat).astype(jnp.float32))
         if self.conditioning == "concat":
             t = layer(nn.Dense(self.text_proj_dim, dtype=self.dtype, name="text_proj"))(text_emb)
             logits = layer(nn.Dense(1, dtype=self.dtype, name="out"))(

@@ -24,6 +24,7 @@ cross-correlation (Flax's convention). To load PyTorch weights, use `w.permute(2
 convolution scatters, i.e. correlates with the spatially flipped kernel).
 """
 
+import math
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
@@ -218,3 +219,23 @@ class Conv2xDown(_Stride2Conv):
     """
 
     _fns: ClassVar[dict[str, Callable]] = {"fast": conv_2x_down, "textbook": conv_2x_down_textbook}
+
+
+def minibatch_stddev(x, group_size: int, axis_name: str | None = None):
+    """Appends one channel: the feature standard deviation across groups of `group_size`
+    examples, averaged over features and positions (Karras et al., 2018). A discriminator
+    that sees it can tell a batch of near-copies from real variety, which punishes a
+    generator that ignores its noise. Inside a mapped step (`axis_name`) the groups are
+    taken over the global batch, so the result does not depend on the device count;
+    `group_size` is capped at (a divisor of) the batch."""
+    local = x.shape[0]
+    everyone = lax.all_gather(x, axis_name, tiled=True) if axis_name else x
+    b, h, w, c = everyone.shape
+    g = math.gcd(b, group_size)
+    groups = everyone.reshape(g, b // g, h, w, c).astype(jnp.float32)
+    std = jnp.sqrt(jnp.var(groups, axis=0) + 1e-8).mean(axis=(1, 2, 3))  # (b // g,)
+    feature = jnp.tile(std, g)  # example k * (b // g) + j belongs to group j
+    if axis_name:
+        feature = lax.dynamic_slice_in_dim(feature, lax.axis_index(axis_name) * local, local)
+    feature = jnp.broadcast_to(feature[:, None, None, None], (local, h, w, 1))
+    return jnp.concatenate([x, feature.astype(x.dtype)], axis=-1)
