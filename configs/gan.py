@@ -50,6 +50,7 @@ def get_config(arg=None):
     t.contrastive_weight = 1.0  # image-caption alignment loss in D's projection space (0 = off)
     t.contrastive_temperature = 0.1  # softmax temperature of that alignment loss
     t.diversity_weight = 0.0  # mode seeking: one caption, two noises, distinct images (0 = off)
+    t.diversity_pool = 1  # ... compared after this much average pooling (shapes, not pixel noise)
     # Where the dataset has labels: D's image head classifies them (TAC-GAN) and both caption
     # encoders get a label head, so they learn to read the digit; 0 = captions only.
     t.aux_classifier_weight = 1.0

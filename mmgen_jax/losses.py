@@ -80,8 +80,19 @@ def classification_loss(logits, labels, weights=None):
     return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1e-6)
 
 
-def mode_seeking_loss(fake, twin, z, z2, weight):
+def mode_seeking_loss(fake, twin, z, z2, weight, pool=1):
     """Mode seeking (Mao et al., 2019): the images of one caption under two noises should be
-    as far apart as the noises are. -> (weight / (that ratio + eps), the ratio)."""
+    as far apart as the noises are. -> (weight / (that ratio + eps), the ratio).
+
+    With `pool` > 1 the images are compared after `pool` x `pool` average pooling, so the
+    term asks for different shapes rather than different pixel noise (which it rewards as
+    much at full resolution)."""
+    if pool > 1:
+        fake, twin = (_average_pool(x, pool) for x in (fake, twin))
     ratio = jnp.mean(jnp.abs(fake - twin)) / jnp.mean(jnp.abs(z - z2))
     return weight / (ratio + 1e-5), ratio
+
+
+def _average_pool(images, size):
+    b, h, w, c = images.shape
+    return images.reshape(b, h // size, size, w // size, size, c).mean(axis=(2, 4))

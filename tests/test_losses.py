@@ -94,3 +94,17 @@ def test_contrastive_loss_picks_the_own_row():
     target = [1, 2]
     want = -np.mean([s[i] - np.log(np.exp(s).sum()) for s, i in zip(sims, target)])
     np.testing.assert_allclose(losses.contrastive_loss(q, k, 1, t), want, rtol=1e-5)
+
+
+def test_mode_seeking_after_pooling_ignores_pixel_noise():
+    z, z2 = jnp.zeros((2, 4)), jnp.ones((2, 4))
+    base = jnp.zeros((2, 4, 4, 3))
+    checker = jnp.tile(jnp.array([[1.0, -1.0], [-1.0, 1.0]]), (2, 2))[None, :, :, None]
+    noisy = base + jnp.broadcast_to(checker, base.shape)
+    # At full resolution a checkerboard counts as variety; pooled 2x2 it is none.
+    assert losses.mode_seeking_loss(noisy, base, z, z2, 1.0)[1] == pytest.approx(1.0)
+    assert losses.mode_seeking_loss(noisy, base, z, z2, 1.0, pool=2)[1] == pytest.approx(0.0)
+    shifted = base.at[:, :2, :2].set(0.8)  # a shape change survives pooling
+    loss, ratio = losses.mode_seeking_loss(shifted, base, z, z2, 2.0, pool=2)
+    assert ratio == pytest.approx(0.8 / 4)
+    assert loss == pytest.approx(2.0 / (0.8 / 4 + 1e-5))

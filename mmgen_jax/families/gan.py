@@ -233,7 +233,11 @@ class GAN(base.Family):
         twin_grads = None
         if twin is not None:
             seek = functools.partial(
-                losses.mode_seeking_loss, z=z, z2=z2, weight=t.diversity_weight
+                losses.mode_seeking_loss,
+                z=z,
+                z2=z2,
+                weight=t.diversity_weight,
+                pool=t.get("diversity_pool", 1),  # runs from before the field: pixels
             )
             (_, ratio), (extra, twin_grads) = jax.value_and_grad(
                 seek, argnums=(0, 1), has_aux=True
