@@ -24,7 +24,9 @@ def get_config(arg=None):
     m.g_width = 32  # generator base width (channels double towards the 4x4 start)
     m.d_width = 32  # discriminator base width (channels double at each downsampling)
     m.g_impl = "fast"  # G's upsampling: "fast" (sub-pixel convs) or "textbook" ConvTranspose
-    m.g_upsample = "transpose"  # "transpose", "icnr" (same, checkerboard-free init), "resize_conv"
+    # G's 2x steps: "transpose", "icnr" (same, checkerboard-free init), "resize_conv" (slow on
+    # CPU), "icnr_resize_out" (icnr, and resize_conv for the output step only)
+    m.g_upsample = "transpose"
     m.d_impl = (
         "textbook"  # D's downsampling: "textbook" strided Conv (fastest on XLA:CPU) or "fast"
     )

@@ -1,6 +1,7 @@
 """Networks: exactness of the fast stride-2 convolutions, shapes, parameter counts, text masking,
 and BatchNorm statistics under data parallelism."""
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -353,7 +354,7 @@ def test_checkerboard_free_upsampling_at_initialisation():
     z = jax.random.normal(jax.random.PRNGKey(1), (32, 16))
     text = jax.random.normal(jax.random.PRNGKey(2), (32, 16))
     share, shapes = {}, {}
-    for upsample in ("transpose", "icnr", "resize_conv"):
+    for upsample in ("transpose", "icnr", "resize_conv", "icnr_resize_out"):
         g = Generator(image_size=32, base_width=8, text_proj_dim=16, upsample=upsample)
         variables = g.init(jax.random.PRNGKey(0), z[:1], text[:1], train=False)
         images = g.apply(variables, z, text, train=False)
@@ -362,6 +363,11 @@ def test_checkerboard_free_upsampling_at_initialisation():
     assert share["transpose"] > 0.5
     assert share["icnr"] < share["transpose"] / 3
     assert share["resize_conv"] < share["transpose"] / 3
+    assert share["icnr_resize_out"] < share["transpose"] / 3
     assert shapes["icnr"] == shapes["transpose"]  # checkpoints interchangeable
+    # Only the output step differs: its 3x3 kernel replaces the 4x4 transposed one.
+    flat = {k: flax.traverse_util.flatten_dict(v, sep="/") for k, v in shapes.items()}
+    differ = set(flat["icnr"].items()) ^ set(flat["icnr_resize_out"].items())
+    assert {name.split("/")[1] for name, _ in differ} == {"up3"}
     with pytest.raises(ValueError, match="upsample must be one of"):
         Generator(upsample="bilinear").init(jax.random.PRNGKey(0), z[:1], text[:1], train=False)

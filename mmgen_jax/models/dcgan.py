@@ -29,8 +29,10 @@ from mmgen_jax.models.layers import (
 NORMS = ("batch", "none")
 # Generator.upsample: "transpose" (4x4 stride-2 transposed conv, default init), "icnr" (the
 # same layer and parameters, initialised without checkerboard), "resize_conv" (nearest 2x
-# then a 3x3 conv: other parameters).
-UPSAMPLES = ("transpose", "icnr", "resize_conv")
+# then a 3x3 conv: other parameters), "icnr_resize_out" (icnr inside, resize_conv for the
+# output step only: its pixels come from one shared kernel, at a small share of the cost of
+# resize_conv everywhere, whose wide inner layers are slow on CPU).
+UPSAMPLES = ("transpose", "icnr", "resize_conv", "icnr_resize_out")
 D_NORMS = ("batch", "spectral")
 CONDITIONINGS = ("concat", "projection")
 
@@ -79,7 +81,7 @@ class Generator(nn.Module):
     out_channels: int = 3
     text_proj_dim: int = 128
     impl: Impl = "fast"
-    upsample: Literal["transpose", "icnr", "resize_conv"] = "transpose"
+    upsample: Literal["transpose", "icnr", "resize_conv", "icnr_resize_out"] = "transpose"
     norm: Literal["batch", "none"] = "batch"
     axis_name: str | None = None
     dtype: Dtype = jnp.float32
@@ -105,15 +107,16 @@ class Generator(nn.Module):
         h = norm_relu(h.reshape(-1, 4, 4, width), "bn0")
         for i in range(1, n_up):
             width //= 2
-            h = self._up(width, not use_bn, f"up{i}")(h)
+            h = self._up(width, not use_bn, f"up{i}", last=False)(h)
             h = norm_relu(h, f"bn{i}")
-        h = self._up(self.out_channels, True, f"up{n_up}")(h)
+        h = self._up(self.out_channels, True, f"up{n_up}", last=True)(h)
         return jnp.tanh(h).astype(jnp.float32)
 
-    def _up(self, features, use_bias, name):
-        if self.upsample == "resize_conv":
+    def _up(self, features, use_bias, name, last):
+        if self.upsample == "resize_conv" or (last and self.upsample == "icnr_resize_out"):
             return ResizeConv2x(features, use_bias=use_bias, dtype=self.dtype, name=name)
-        extra = {"kernel_init": icnr()} if self.upsample == "icnr" else {}
+        icnr_init = self.upsample in ("icnr", "icnr_resize_out")
+        extra = {"kernel_init": icnr()} if icnr_init else {}
         return ConvTranspose2x(
             features, use_bias=use_bias, impl=self.impl, dtype=self.dtype, name=name, **extra
         )
