@@ -57,6 +57,7 @@ def get_config(arg=None):
     # encoders get a label head, so they learn to read the digit; 0 = captions only.
     t.aux_classifier_weight = 1.0
     t.twin_classifier = False  # TAC-GAN: a twin label head on generated images (anti-collapse)
+    t.augment = ""  # DiffAugment of D's inputs: "", "translation", "translation,cutout"
     t.update_order = "alternating"  # "alternating" (G sees the updated D) or "simultaneous"
     t.lr_g = 2e-4  # Adam learning rate of G
     t.lr_d = 2e-4  # Adam learning rate of D

@@ -49,7 +49,7 @@ def test_twin_head_cancels_the_label_pull():
     twin = jnp.array([[0.0, 1.0, 0.0], [1.0, -1.0, 2.0]])
     labels = jnp.array([0, 2])
     train = load_config("gan", "smoke").train
-    ce = lambda z: -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(2), labels])  # noqa: E731
+    ce = lambda z: -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(2), labels])
     only = gan.class_terms(train, {"class_logits": logits}, labels)
     both = gan.class_terms(train, {"class_logits": logits, "twin_logits": twin}, labels)
     w = train.aux_classifier_weight
@@ -57,7 +57,7 @@ def test_twin_head_cancels_the_label_pull():
     np.testing.assert_allclose(both, w * (ce(logits) - ce(twin)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("field", ["twin_classifier", "d_minibatch_std"])
+@pytest.mark.parametrize("field", ["twin_classifier", "d_minibatch_std", "augment"])
 def test_switches_train_the_real_step(field, data_dir):
     """With the switch on, a data-parallel step on 4 devices runs, stays finite and, for the
     twin, trains D's twin head."""
@@ -65,6 +65,8 @@ def test_switches_train_the_real_step(field, data_dir):
     config.data.data_dir = data_dir
     if field == "twin_classifier":
         config.train.twin_classifier = True
+    elif field == "augment":
+        config.train.augment = "translation,cutout"
     else:
         config.model.d_minibatch_std = 4
     family = families.get("gan")(config)
@@ -81,3 +83,27 @@ def test_switches_train_the_real_step(field, data_dir):
         assert jax.tree.leaves(jax.tree.map(lambda a, b: np.any(a != b), before, after))[0]
     else:
         assert "twin_classes" not in heads
+
+
+def test_diff_augment_keeps_what_captions_state():
+    from mmgen_jax import augment
+
+    image = -np.ones((32, 32, 3), np.float32)
+    image[..., 0] = 0.5  # a plain background colour
+    image[10:20, 12:16] = 1.0  # a stroke
+    images = jnp.asarray(np.stack([image] * 4))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(4))
+    shifted = np.asarray(augment.diff_augment(images, keys, "translation"))
+    # Edge padding continues the background: no new colours, the stroke keeps its area.
+    assert set(map(tuple, shifted.reshape(-1, 3))) == set(map(tuple, image.reshape(-1, 3)))
+    assert ((shifted == 1.0).all(-1).sum(axis=(1, 2)) == 40).all()
+    assert len({s.tobytes() for s in shifted}) > 1  # per-example draws
+    cut = np.asarray(augment.diff_augment(images, keys, "cutout"))
+    assert set(map(tuple, cut.reshape(-1, 3))) <= set(map(tuple, image.reshape(-1, 3)))
+    assert ((cut == 1.0).all(-1).sum(axis=(1, 2)) <= 40).all()
+    np.testing.assert_array_equal(augment.diff_augment(images, keys, ""), images)
+    # Gradients flow back to the images (the generator learns through the transforms).
+    grad = jax.grad(lambda x: augment.diff_augment(x, keys, "translation,cutout").sum())(images)
+    assert np.asarray(grad).sum() > 0
+    with pytest.raises(ValueError, match="unknown \\['colour'\\]"):
+        augment.parse("translation,colour")

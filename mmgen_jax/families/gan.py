@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmgen_jax import augment as augment_lib
 from mmgen_jax import losses
 from mmgen_jax.families import base, pretrained_text
 from mmgen_jax.models import dcgan, minilm
@@ -65,6 +66,7 @@ class GAN(base.Family):
                 "train.contrastive_weight > 0 aligns the two sides of a projection "
                 "discriminator: set --config.model.conditioning=projection (or the weight to 0)"
             )
+        augment_lib.parse(t.get("augment", ""))  # a bad policy fails here, not in the step
         self.generator = self._generator(axis_name)
         self.discriminator = self._discriminator(axis_name)
         self._generator_local = self._generator(None)
@@ -199,7 +201,13 @@ class GAN(base.Family):
         tokens, labels = batch["text"], batch.get("label")  # labels: with the label heads on
         wrong = mismatched_captions(tokens, batch["index"], axis) if t.matching_aware else None
         d_nets = {"apply": self.discriminator.apply, "batch_stats": state.d.batch_stats}
-        common = {"tokens": tokens, "labels": labels, "train": t, "axis_name": axis}
+        common = {
+            "tokens": tokens,
+            "labels": labels,
+            "train": t,
+            "axis_name": axis,
+            "augment": augmenter(t.get("augment", ""), key, batch["index"]),
+        }
 
         draw = functools.partial(
             generator_pass,
@@ -301,6 +309,19 @@ def _apply(net: NetState, grads, batch_stats, tx) -> NetState:
 # ---- the players' objectives: pure functions of parameters and batch ---------------------
 
 
+def augmenter(policy, key, index):
+    """What D's inputs pass through: `see(images, pass_number)`, DiffAugment with fresh
+    per-example draws for each pass (see mmgen_jax/augment.py), or the identity."""
+    if not augment_lib.parse(policy):
+        return lambda images, _: images
+
+    def see(images, pass_number):
+        keys = base.example_keys(jax.random.fold_in(key, 100 + pass_number), index)
+        return augment_lib.diff_augment(images, keys, policy)
+
+    return see
+
+
 def label_loss(train, logits, labels):
     """The auxiliary label heads' weighted cross-entropy."""
     return train.aux_classifier_weight * losses.classification_loss(logits, labels)
@@ -376,11 +397,13 @@ def alignment(queries, keys, axis_name, temperature):
 
 
 def discriminator_pass(
-    d_params, fake, *, apply, batch_stats, real, tokens, wrong, labels, train, axis_name
+    d_params, fake, *, apply, batch_stats, real, tokens, wrong, labels, train, axis_name, augment
 ):
     """Both players' losses from one pass of D over real, generated and (with matching-aware
-    training) mismatched pairs -> ((d_loss, g_loss), (D's new batch_stats, metrics))."""
+    training) mismatched pairs, each seen through `augment` -> ((d_loss, g_loss), (D's new
+    batch_stats, metrics))."""
     t = train
+    real, fake = augment(real, 0), augment(fake, 1)
     # Each caption batch is encoded once and shared by the passes that use it. D's running
     # statistics follow the real batches (never used for sampling: D runs on batch stats).
     embedding, text_logits = encode(apply, d_params, tokens)
@@ -424,9 +447,13 @@ def discriminator_pass(
     return (d_loss, g_loss), (d_stats, metrics)
 
 
-def generator_objective(fake, *, d_params, apply, batch_stats, tokens, labels, train, axis_name):
-    """G's loss on its images against D with `d_params` (alternating updates)."""
+def generator_objective(
+    fake, *, d_params, apply, batch_stats, tokens, labels, train, axis_name, augment
+):
+    """G's loss on its images, seen through `augment`, against D with `d_params`
+    (alternating updates)."""
     t = train
+    fake = augment(fake, 2)
     logits, _, sown = score(apply, d_params, batch_stats, fake, encode(apply, d_params, tokens)[0])
     loss = losses.generator_loss(t.loss, logits)
     if labels is not None:
