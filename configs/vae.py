@@ -32,6 +32,11 @@ def get_config(arg=None):
     m.decoder_hidden = 96  # GRU state size of the caption decoder
     m.num_classes = 10  # classes of the dataset's label (used when train.aux_classifier_weight > 0)
     m.dtype = "float32"  # compute dtype ("bfloat16" on accelerators; params stay float32)
+    # z of joint samples (sample --mode=joint, evaluate's joint_coherence): "standard" = N(0, I),
+    # "mixture" = a Gaussian mixture fitted after training to codes of training pairs.
+    m.joint_prior = "mixture"
+    m.joint_mixture_components = 20  # "mixture": its Gaussian components
+    m.joint_mixture_examples = 2000  # "mixture": training pairs encoded (the first, at most all)
 
     t = c.train
     t.lr = 1e-3  # Adam learning rate
@@ -82,6 +87,8 @@ def _smoke(c):
     c.train.kl_warmup_steps = 4
     c.train.sample_rows = 2
     c.train.sample_cols = 1
+    c.model.joint_mixture_components = 4
+    c.model.joint_mixture_examples = 64
 
 
 def _poe(c):

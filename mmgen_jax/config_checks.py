@@ -6,7 +6,7 @@ nothing here keeps its own copy. Checks apply to the fields a config has (a VAE 
 no `train.loss`), so one function serves every family.
 """
 
-from mmgen_jax import elbo, families, losses
+from mmgen_jax import elbo, families, losses, runs
 from mmgen_jax.evaluation import extractors, settings
 from mmgen_jax.families import flow, gan, vae
 from mmgen_jax.models import dcgan, layers, text
@@ -18,6 +18,7 @@ from mmgen_jax.models import dcgan, layers, text
 CHOICES = {
     "model.family": tuple(families.FAMILIES),
     "model.fusion": vae.FUSIONS,
+    "model.joint_prior": runs.JOINT_PRIORS,
     "model.conditioning": dcgan.CONDITIONINGS,
     "model.d_norm": dcgan.D_NORMS,
     "model.g_impl": layers.IMPLS,
@@ -38,6 +39,8 @@ AT_LEAST = {
     "train.num_steps": 0,
     "train.batch_size": 1,
     "model.sample_steps": 1,
+    "model.joint_mixture_components": 1,
+    "model.joint_mixture_examples": 1,
     "train.max_to_keep": 1,
     "train.steps_per_dispatch": 1,
     "data.image_size": 1,

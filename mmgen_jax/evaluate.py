@@ -8,7 +8,8 @@ on datasets with a split of held-out phrasings, as many images again drawn from 
 captions: `consistency_phrasing_held_out`), plus the same numbers for real images of
 eval.reference_split against the real test images: the ceiling each number can reach.
 Families that write captions add image->text (BLEU-4, attributes stated) and joint
-coherence; families with a likelihood (the VAE) add IWAE bounds of the test set's
+coherence (joint samples from the run's model.joint_prior, or --joint_prior; the report's
+"joint_prior" names it); families with a likelihood (the VAE) add IWAE bounds of the test set's
 log p(image, caption), log p(image) and log p(caption) (eval.iwae_samples draws per
 example). Writes WORKDIR/eval/step_N.json (best_step_N.json with --best) and
 prints a table.
@@ -16,7 +17,7 @@ prints a table.
 
 from absl import flags
 
-from mmgen_jax import app
+from mmgen_jax import app, runs
 from mmgen_jax.evaluation import report as report_lib
 
 FLAGS = app.flag_values()
@@ -35,6 +36,14 @@ flags.DEFINE_integer(
     "iwae_samples", None, "Overrides eval.iwae_samples (0 = no likelihood).", flag_values=FLAGS
 )
 flags.DEFINE_string("data_dir", None, "Overrides the run's data.data_dir.", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "joint_prior",
+    None,
+    runs.JOINT_PRIORS,
+    "Overrides model.joint_prior: joint samples' z from N(0, I) or a mixture fitted to "
+    "training codes (runs without the field: standard).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool(
     "reference", True, "Also measure real reference images (the ceiling row).", flag_values=FLAGS
 )
@@ -67,6 +76,7 @@ def main(argv):
         FLAGS.reference,
         FLAGS.judge,
         sampling=app.sampling(FLAGS),
+        joint_prior=FLAGS.joint_prior,
     )
     print(report_lib.table(report))
     print(f"wrote {report.pop('path')}")

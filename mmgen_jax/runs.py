@@ -1,5 +1,6 @@
 """A trained run, read back: its config, family and sampling variables from a checkpoint,
-and batched, data-parallel generation. Shared by `sample` and `evaluate` (no flags here)."""
+its dataset's examples, the prior its joint samples are drawn from, and batched,
+data-parallel generation. Shared by `sample` and `evaluate` (no flags here)."""
 
 import json
 import os
@@ -8,11 +9,24 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmgen_jax import checkpoint, families, parallel
+from mmgen_jax import checkpoint, families, latent_mixture, parallel
+from mmgen_jax.data import pipeline, prepare
+from mmgen_jax.families import base
 
 # Sampling-time model fields a command may change (`sample`/`evaluate` flags of these names):
 # those of models that sample by integrating an ODE (configs/flow.py).
 SAMPLING_FIELDS = ("guidance", "sample_steps", "sampler")
+
+# model.joint_prior: where joint samples draw z from: N(0, I), or a Gaussian mixture fitted
+# to the latent codes of training pairs (ex-post density estimation).
+JOINT_PRIORS = ("standard", "mixture")
+# The joint prior's model.* fields, with the values that runs whose config.json predates them
+# were sampled with.
+JOINT_PRIOR_DEFAULTS = {
+    "joint_prior": "standard",
+    "joint_mixture_components": 20,
+    "joint_mixture_examples": 2000,
+}
 
 
 def load_run(workdir, step=None, checkpoints="checkpoints", sampling=None):
@@ -83,3 +97,88 @@ def generator(family, mesh=None):
         lambda shared, tokens, indices: family.generate(shared[0], tokens, shared[1], indices),
         mesh,
     )
+
+
+def examples(config, num=None, split=None, data_dir=None):
+    """The first `num` (default: all) examples of `split` (default: the run's eval split) of
+    the run's dataset, one batch, read from `data_dir` (default: the run's)."""
+    d = config.data
+    return pipeline.eval_batch(
+        name=d.name,
+        data_dir=data_dir or d.data_dir or prepare.default_data_dir(),
+        split=split or d.eval_split,
+        image_size=d.image_size,
+        max_text_len=d.max_text_len,
+        num=num or 2**31 - 1,
+        builder_kwargs=pipeline.builder_kwargs(d),
+        at_most=True,
+        tokenizer_name=d.get("tokenizer", "bytes"),
+    )
+
+
+def joint_prior(config, override=None):
+    """The prior the run's joint samples draw z from: `override` (a command's --joint_prior)
+    or its model.joint_prior; one clear error for an unknown name."""
+    name = override or config.model.get("joint_prior", JOINT_PRIOR_DEFAULTS["joint_prior"])
+    if name not in JOINT_PRIORS:
+        field = "--joint_prior" if override else "model.joint_prior (the run's config.json)"
+        raise ValueError(f"{field}={name!r}: use one of {', '.join(map(repr, JOINT_PRIORS))}")
+    return name
+
+
+def with_joint_prior(
+    config,
+    family,
+    variables,
+    prior,
+    seed=0,
+    batch_size=256,
+    data_dir=None,
+    components=None,
+    num_examples=None,
+):
+    """`variables` for the family's `joint` under `prior` (a JOINT_PRIORS name): unchanged for
+    "standard" (N(0, I)); for "mixture", plus "latent_mixture": a Gaussian mixture of
+    `components` (default model.joint_mixture_components) fitted by EM to codes
+    z ~ q(z|x,t) of the first `num_examples` (default model.joint_mixture_examples) training
+    pairs (example i's code from fold_in(key, i)). Deterministic in `seed`."""
+    if prior == "standard":
+        return variables
+    if not family.can(base.POSTERIOR):
+        raise ValueError(
+            f"joint prior {prior!r} needs a model with the {base.POSTERIOR} capability; "
+            f"{config.model.family!r} runs have none: use --joint_prior=standard"
+        )
+    if components is None:
+        components = _joint_field(config, "joint_mixture_components")
+    if num_examples is None:
+        num_examples = _joint_field(config, "joint_mixture_examples")
+    if components < 1 or num_examples < 1:
+        raise ValueError(
+            f"a mixture of {components} components fitted to {num_examples} training pairs: "
+            f"both must be >= 1 (model.joint_mixture_components / --mixture_components, "
+            f"model.joint_mixture_examples / --mixture_examples)"
+        )
+    pairs = examples(config, num_examples, config.data.train_split, data_dir)
+    if len(pairs["text"]) < components:
+        raise ValueError(
+            f"a mixture of {components} components (model.joint_mixture_components, "
+            f"--mixture_components) needs at least as many training pairs, and "
+            f"{num_examples} asked (model.joint_mixture_examples, --mixture_examples) gave "
+            f"{len(pairs['text'])}: lower the components"
+        )
+    key_codes, key_fit = jax.random.split(jax.random.PRNGKey(seed))
+    codes = parallel.BatchedMap(lambda s, x, t, i: family.posterior(s[0], x, t, s[1], i))(
+        (variables, key_codes),
+        pairs["image"],
+        pairs["text"],
+        np.arange(len(pairs["text"]), dtype=np.uint32),
+        batch_size=batch_size,
+    )
+    mixture = jax.jit(latent_mixture.fit, static_argnums=1)(codes, components, key_fit)
+    print(f"joint prior: {components} Gaussians fitted to the codes of {len(codes)} training pairs")
+    return {**variables, "latent_mixture": mixture}
+
+
+def _joint_field(config, name):
+    return config.model.get(name, JOINT_PRIOR_DEFAULTS[name])

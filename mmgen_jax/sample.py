@@ -20,8 +20,9 @@ also images in, captions out; joint samples; reconstructions.
       when --num is given); out/index.jsonl holds {"file", "caption"} (+ "reference", the
       true caption, for the split) and out/ a PNG copy of each image
   --mode=joint --num=16 --out_dir=out         z ~ prior -> image + caption pairs
-      [--joint_prior=mixture]: z from a Gaussian mixture fitted to the codes of training
-      pairs (--mixture_components, --mixture_examples) instead of N(0, I)
+      the run's model.joint_prior: "mixture" (configs/vae.py) draws z from a Gaussian
+      mixture fitted to the codes of training pairs, "standard" (runs that predate the
+      field) from N(0, I); --joint_prior, --mixture_components, --mixture_examples override
   --mode=reconstruct --num=16 --out_dir=out   eval-split pairs through the joint posterior
 
 Sample i uses noise fold_in(PRNGKey(seed), i): the same seed gives the same samples,
@@ -37,8 +38,8 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from mmgen_jax import app, latent_mixture, parallel, writers
-from mmgen_jax.data import pipeline, prepare, tokenizer
+from mmgen_jax import app, parallel, runs, writers
+from mmgen_jax.data import pipeline, tokenizer
 from mmgen_jax.families import base
 from mmgen_jax.runs import generate_from_tokens, load_run
 
@@ -60,22 +61,26 @@ flags.DEFINE_enum(
     "What to sample (interpolate: GAN runs; image2text, joint, reconstruct: VAE runs).",
     flag_values=FLAGS,
 )
-JOINT_PRIORS = ("standard", "mixture")
 flags.DEFINE_enum(
     "joint_prior",
-    "standard",
-    JOINT_PRIORS,
-    "joint: z from N(0, I), or from a Gaussian mixture fitted to the latent codes of training "
-    "pairs (ex-post density estimation).",
+    None,
+    runs.JOINT_PRIORS,
+    "joint: z from N(0, I) (standard), or from a Gaussian mixture fitted to the latent codes "
+    "of training pairs (mixture; ex-post density estimation). Default: the run's "
+    "model.joint_prior (standard for runs without one).",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer(
-    "mixture_components", 20, "joint_prior=mixture: Gaussian components.", flag_values=FLAGS
+    "mixture_components",
+    None,
+    "joint_prior=mixture: Gaussian components (default: model.joint_mixture_components).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_integer(
     "mixture_examples",
-    2000,
-    "joint_prior=mixture: training pairs encoded (the first, at most all).",
+    None,
+    "joint_prior=mixture: training pairs encoded, the first, at most all (default: "
+    "model.joint_mixture_examples).",
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
@@ -234,22 +239,6 @@ def read_images(images_dir, image_size):
     return names, np.stack(images)
 
 
-def eval_examples(config, num=None, split=None):
-    """The first `num` (default: all) examples of `split` (default: the run's eval split)."""
-    d = config.data
-    return pipeline.eval_batch(
-        name=d.name,
-        data_dir=d.data_dir or prepare.default_data_dir(),
-        split=split or d.eval_split,
-        image_size=d.image_size,
-        max_text_len=d.max_text_len,
-        num=num or 2**31 - 1,
-        builder_kwargs=pipeline.builder_kwargs(d),
-        at_most=True,
-        tokenizer_name=d.get("tokenizer", "bytes"),
-    )
-
-
 def write_folder(out_dir, images, rows):
     """PNGs 000000.png, ... and index.jsonl: one {"file", **row} line per image."""
     os.makedirs(out_dir, exist_ok=True)
@@ -393,28 +382,28 @@ def sample_vae(mode):
             names, images = read_images(FLAGS.images_dir, config.data.image_size)
             rows = [{"source": n} for n in names]
         else:
-            examples = eval_examples(config, FLAGS.num if FLAGS["num"].present else None)
+            examples = runs.examples(config, FLAGS.num if FLAGS["num"].present else None)
             images = examples["image"]
             rows = [{"reference": c} for c in examples["caption"]]
         captions = describe(family, variables, images, FLAGS.seed, size, FLAGS.temperature)
         write_folder(FLAGS.out_dir, images, [{"caption": c, **r} for c, r in zip(captions, rows)])
     elif mode == "joint":
-        if FLAGS.joint_prior == "mixture":
-            variables = with_fitted_prior(
-                config,
-                family,
-                variables,
-                FLAGS.mixture_examples,
-                FLAGS.mixture_components,
-                FLAGS.seed,
-                size,
-            )
+        variables = runs.with_joint_prior(
+            config,
+            family,
+            variables,
+            runs.joint_prior(config, FLAGS.joint_prior),
+            FLAGS.seed,
+            size,
+            components=FLAGS.mixture_components,
+            num_examples=FLAGS.mixture_examples,
+        )
         images, tokens = batched(
             lambda s, i: family.joint(s[0], s[1], i), (variables, key), [], FLAGS.num, size
         )
         write_folder(FLAGS.out_dir, images, [{"caption": decode(t)} for t in tokens])
     else:  # reconstruct
-        examples = eval_examples(config, FLAGS.num)
+        examples = runs.examples(config, FLAGS.num)
         images, tokens = batched(
             lambda s, x, t, i: family.reconstruct(s[0], x, t, s[1], i),
             (variables, key),
@@ -424,36 +413,6 @@ def sample_vae(mode):
         )
         rows = [{"caption": decode(t), "reference": c} for t, c in zip(tokens, examples["caption"])]
         write_folder(FLAGS.out_dir, images, rows)
-
-
-def with_fitted_prior(config, family, variables, num_examples, components, seed, batch_size):
-    """`variables` plus "latent_mixture": a Gaussian mixture of `components` fitted by EM to
-    codes z ~ q(z|x,t) of the first `num_examples` training pairs (example i's code from
-    fold_in(key, i)), which the family's `joint` then samples z from. Deterministic in
-    `seed`."""
-    if not family.can(base.POSTERIOR):
-        raise app.UsageError(
-            f"--joint_prior=mixture needs a model with the {base.POSTERIOR} capability; "
-            f"{config.model.family!r} runs cannot: use --joint_prior=standard"
-        )
-    examples = eval_examples(config, num_examples, split=config.data.train_split)
-    if len(examples["text"]) < components:
-        raise app.UsageError(
-            f"--mixture_components={components} needs at least as many training pairs, and "
-            f"--mixture_examples={num_examples} gave {len(examples['text'])}: lower "
-            f"--mixture_components"
-        )
-    key_codes, key_fit = jax.random.split(jax.random.PRNGKey(seed))
-    codes = batched(
-        lambda s, x, t, i: family.posterior(s[0], x, t, s[1], i),
-        (variables, key_codes),
-        [examples["image"], examples["text"]],
-        len(examples["text"]),
-        batch_size,
-    )
-    mixture = jax.jit(latent_mixture.fit, static_argnums=1)(codes, components, key_fit)
-    print(f"joint prior: {components} Gaussians fitted to the codes of {len(codes)} training pairs")
-    return {**variables, "latent_mixture": mixture}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from mmgen_jax import runs, writers
 from mmgen_jax.data import prepare
 from mmgen_jax.evaluation import settings as settings_lib
 from mmgen_jax.evaluation import suite
+from mmgen_jax.families import base
 
 log = logging.getLogger("mmgen_jax")
 
@@ -34,9 +35,11 @@ def evaluate(
     reference=True,
     judge=False,
     sampling=None,
+    joint_prior=None,
 ):
     """Measures the run in `workdir`; returns the report written to WORKDIR/eval/.
-    `sampling`: sampling-time model fields (runs.SAMPLING_FIELDS) to draw with."""
+    `sampling`: sampling-time model fields (runs.SAMPLING_FIELDS) to draw with;
+    `joint_prior`: the prior of joint samples (runs.JOINT_PRIORS; None = the run's)."""
     workdir = os.path.abspath(workdir)
     checkpoints = "best" if best else "checkpoints"
     step = runs.resolve_step(workdir, step, checkpoints) if _has_dir(workdir, checkpoints) else None
@@ -51,12 +54,19 @@ def evaluate(
             )
         )
     config, family, variables = runs.load_run(workdir, step, checkpoints, sampling)
+    prior = runs.joint_prior(config, joint_prior)  # a bad name fails before the test set loads
     settings, missing = settings_lib.with_defaults(config.get("eval"))
     if missing:
         log.warning("The run's config.json has no eval field(s) %s: using the defaults.", missing)
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
     data_dir = data_dir or config.data.data_dir or prepare.default_data_dir()
     measure = suite.Suite(config, settings, settings.num_samples, data_dir)
+    joint = {}
+    if family.can(base.JOINT):  # fitted once, from eval.seed: the same prior every time
+        variables = runs.with_joint_prior(
+            config, family, variables, prior, settings.seed, settings.batch_size, data_dir
+        )
+        joint["joint_prior"] = prior
     report = {
         "workdir": workdir,
         "step": int(step),
@@ -70,6 +80,7 @@ def evaluate(
         "consistency_network": measure.judge.describe(),
         "settings": settings.to_dict(),
         "defaults_filled": missing,
+        **joint,
         "generated": measure.measure_run(family, variables, cross_check=judge),
     }
     if reference:

@@ -20,18 +20,7 @@ from mmgen_jax.families import base
 
 def load_split(run_config, split, num, data_dir):
     """The first `num` examples (at most all) of `split` of the run's dataset, one batch."""
-    d = run_config.data
-    return pipeline.eval_batch(
-        name=d.name,
-        data_dir=data_dir,
-        split=split,
-        image_size=d.image_size,
-        max_text_len=d.max_text_len,
-        num=num,
-        builder_kwargs=pipeline.builder_kwargs(d),
-        at_most=True,
-        tokenizer_name=d.get("tokenizer", "bytes"),
-    )
+    return runs.examples(run_config, num, split, data_dir)
 
 
 class Suite:
@@ -300,7 +289,8 @@ class Suite:
         return out
 
     def joint(self, family, variables):
-        """Joint samples (image, caption): the share whose caption states exactly the
+        """Joint samples (image, caption) from the prior `variables` carry (N(0, I), or the
+        fitted mixture of `runs.with_joint_prior`): the share whose caption states exactly the
         attributes the evaluator reads in the image (unparsable captions count as wrong);
         nothing where the dataset's domain parses no captions."""
         if not self.parse_caption:
