@@ -156,13 +156,17 @@ def test_every_config_problem_gets_its_own_line(tmp_path, capsys, started):
         "--config=configs/vae.py:smoke",
         f"--workdir={tmp_path}",
         "--config.model.fusion=sum",
+        "--config.model.joint_prior=learned",
         "--config.train.image_likelihood=cauchy",
+        "--config.model.joint_mixture_components=0",
         "--config.train.log_every=0",  # 0 = off: valid
         "--config.train.checkpoint_every=-3",
     ]
     assert _fatal_lines(capsys, main, argv) == [
         "FATAL: config.model.fusion='sum': use one of 'poe', 'moe'",
+        "FATAL: config.model.joint_prior='learned': use one of 'standard', 'mixture'",
         "FATAL: config.train.image_likelihood='cauchy': use one of 'gaussian', 'laplace'",
+        "FATAL: config.model.joint_mixture_components=0: must be >= 1",
         "FATAL: config.train.checkpoint_every=-3: must be >= 0 (0 = off)",
     ]
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -228,11 +229,18 @@ def test_caption_metrics_of_a_family_that_describes(gan_dir, evaluator_dir, data
     assert values["joint_coherence"] == pytest.approx(right.mean())
 
 
-def test_evaluate_reports_the_test_likelihood_of_a_vae(tmp_path, data_dir, evaluator_dir):
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory, data_dir):
+    """A smoke VAE run (its config's model.joint_prior: a mixture of 4 components)."""
     config = load_config("vae", "smoke")
     config.data.data_dir = data_dir
-    workdir = str(tmp_path / "vae")
-    train.train_and_evaluate(config, workdir)
+    workdir = tmp_path_factory.mktemp("vae")
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def test_evaluate_reports_the_test_likelihood_of_a_vae(vae_dir, evaluator_dir):
+    workdir = str(vae_dir)
     overrides = {"evaluator_workdir": str(evaluator_dir), "iwae_samples": 4}
     report = evaluate.evaluate(workdir, overrides=overrides, reference=False)
     generated = report["generated"]
@@ -248,6 +256,85 @@ def test_evaluate_reports_the_test_likelihood_of_a_vae(tmp_path, data_dir, evalu
     overrides["iwae_samples"] = -1
     with pytest.raises(ValueError, match=r"eval.iwae_samples=-1: use a count >= 1"):
         evaluate.evaluate(workdir, overrides=overrides, reference=False)
+
+
+def _copy_with_model_fields(workdir, to, **changes):
+    """A copy of the run in `workdir` whose config.json's model section has `changes`
+    (None: the field removed, as in runs trained before it existed)."""
+    shutil.copytree(workdir, to, ignore=shutil.ignore_patterns("eval"))
+    path = to / "config.json"
+    config = json.loads(path.read_text())
+    for name, value in changes.items():
+        config["model"].pop(name)
+        if value is not None:
+            config["model"][name] = value
+    path.write_text(json.dumps(config))
+    return str(to)
+
+
+def test_evaluate_draws_joint_samples_from_the_runs_prior(
+    vae_dir, evaluator_dir, tmp_path, monkeypatch
+):
+    drawn_with = []  # the mixture (or None) each Suite.joint call samples z from
+    joint = suite.Suite.joint
+
+    def spy(self, family, variables):
+        drawn_with.append(variables.get("latent_mixture"))
+        return joint(self, family, variables)
+
+    monkeypatch.setattr(suite.Suite, "joint", spy)
+    overrides = {"evaluator_workdir": str(evaluator_dir), "iwae_samples": 0}
+    report = evaluate.evaluate(str(vae_dir), overrides=overrides, reference=False)
+    assert report["joint_prior"] == "mixture"  # the smoke config's
+    saved = json.loads((vae_dir / "eval" / "step_6.json").read_text())
+    assert saved["joint_prior"] == "mixture"
+    assert 0.0 <= report["generated"]["joint_coherence"] <= 1.0
+    # Fitted once, with the config's components and examples, from eval.seed.
+    config, family, variables = runs.load_run(str(vae_dir))
+    s = report["settings"]
+    expected = runs.with_joint_prior(
+        config, family, variables, "mixture", s["seed"], s["batch_size"]
+    )["latent_mixture"]
+    assert len(drawn_with) == 1 and drawn_with[0]["means"].shape == (4, 8)
+    np.testing.assert_array_equal(drawn_with[0]["means"], expected["means"])
+    # The override wins.
+    report = evaluate.evaluate(
+        str(vae_dir), overrides=overrides, reference=False, joint_prior="standard"
+    )
+    assert report["joint_prior"] == "standard" and drawn_with[-1] is None
+    # A run trained before the fields existed: N(0, I).
+    absent = dict.fromkeys(runs.JOINT_PRIOR_DEFAULTS)
+    old = _copy_with_model_fields(vae_dir, tmp_path / "old", **absent)
+    report = evaluate.evaluate(old, overrides=overrides, reference=False)
+    assert report["joint_prior"] == "standard" and drawn_with[-1] is None
+    # An unknown prior in config.json: one line naming it and the choices;
+    # on the command line, --joint_prior overrides it.
+    bad = _copy_with_model_fields(vae_dir, tmp_path / "bad", joint_prior="vamp")
+    with pytest.raises(ValueError) as error:
+        evaluate.evaluate(bad, overrides=overrides, reference=False)
+    assert str(error.value) == (
+        "model.joint_prior (the run's config.json)='vamp': use one of 'standard', 'mixture'"
+    )
+    result = _evaluate(
+        f"--workdir={bad}",
+        f"--evaluator_workdir={evaluator_dir}",
+        "--iwae_samples=0",
+        "--noreference",
+        check=False,
+    )
+    fatal = [line for line in result.stderr.splitlines() if line.startswith("FATAL")]
+    assert result.returncode == 1 and fatal == [f"FATAL: {error.value}"]
+    result = _evaluate(
+        f"--workdir={bad}",
+        f"--evaluator_workdir={evaluator_dir}",
+        "--iwae_samples=0",
+        "--noreference",
+        "--joint_prior=mixture",
+    )
+    assert "4 Gaussians fitted to the codes of 64 training pairs" in result.stdout
+    assert json.loads((tmp_path / "bad" / "eval" / "step_6.json").read_text())["joint_prior"] == (
+        "mixture"
+    )
 
 
 class _CaptionFollower:

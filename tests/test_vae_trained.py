@@ -1,6 +1,6 @@
 """A smoke-trained multimodal VAE: its test-set likelihood (IWAE bounds), the captions of
 its joint samples (valid UTF-8 by construction), and joint samples from a mixture fitted to
-its training codes (`sample --joint_prior=mixture`)."""
+its training codes (the config's model.joint_prior, or `sample --joint_prior`)."""
 
 import json
 import math
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, load_config
 
-from mmgen_jax import app, elbo, latent_mixture, parallel, runs, sample, train
+from mmgen_jax import elbo, latent_mixture, parallel, runs, train
 from mmgen_jax.data import tokenizer
 from mmgen_jax.evaluation import suite
 from mmgen_jax.families import base
@@ -137,15 +137,29 @@ def test_trained_joint_samples_and_sampled_captions_are_strict_utf8(trained):
         bytes(t - tokenizer.BYTE_OFFSET for t in row[:eos]).decode("utf-8")  # strict
 
 
+# `sample --mode=joint` flags -> the line it prints about the mixture it fits (None: none).
+_SAMPLE_PRIOR_FLAGS = [
+    ([], "4 Gaussians fitted to the codes of 64 training pairs"),  # the smoke config's
+    (["--mixture_components=3", "--mixture_examples=48"], "3 Gaussians fitted to the codes of 48"),
+    (["--joint_prior=standard"], None),
+]
+
+
+def _fit(family, variables, components, num_examples):
+    return runs.with_joint_prior(
+        family.config, family, variables, "mixture", 0, 16, None, components, num_examples
+    )
+
+
 def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained):
     family, variables, _, workdir = trained
-    fitted = sample.with_fitted_prior(family.config, family, variables, 48, 3, 0, 16)
+    fitted = _fit(family, variables, 3, 48)
     mixture = fitted["latent_mixture"]
     dim = family.config.model.latent_dim
     assert mixture["means"].shape == mixture["logvars"].shape == (3, dim)
     assert np.exp(mixture["log_weights"]).sum() == pytest.approx(1.0, abs=1e-5)
     # Fitted to the codes of those training pairs: EM keeps the mixture's mean at theirs.
-    train_split = sample.eval_examples(family.config, 48, family.config.data.train_split)
+    train_split = runs.examples(family.config, 48, family.config.data.train_split)
     codes = family.posterior(
         variables,
         train_split["image"],
@@ -156,8 +170,12 @@ def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained):
     weights = np.exp(mixture["log_weights"])[:, None]
     np.testing.assert_allclose(np.sum(weights * mixture["means"], 0), codes.mean(0), atol=1e-4)
     assert np.all(np.isfinite(latent_mixture.log_prob(codes, mixture)))
-    again = sample.with_fitted_prior(family.config, family, variables, 48, 3, 0, 16)
+    again = _fit(family, variables, 3, 48)
     np.testing.assert_array_equal(again["latent_mixture"]["means"], mixture["means"])
+    # Without arguments, the config's model.joint_mixture_* (smoke: 4 of 64 pairs).
+    by_config = _fit(family, variables, None, None)["latent_mixture"]
+    assert by_config["means"].shape == (4, dim)
+    assert runs.with_joint_prior(family.config, family, variables, "standard") is variables
     index = jnp.arange(8, dtype=jnp.uint32)
     key = jax.random.PRNGKey(0)
     images, tokens = family.joint(fitted, key, index)
@@ -166,31 +184,35 @@ def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained):
     for row in np.asarray(tokens):
         row = list(row)
         bytes(t - tokenizer.BYTE_OFFSET for t in row[: row.index(tokenizer.EOS)]).decode("utf-8")
-    with pytest.raises(app.UsageError, match="--mixture_components=3 needs at least as many"):
-        sample.with_fitted_prior(family.config, family, variables, 2, 3, 0, 16)
+    with pytest.raises(ValueError, match="a mixture of 3 components .* needs at least as many"):
+        _fit(family, variables, 3, 2)
     if family.config.model.fusion == "poe":  # the command line is the same for both
         return
-    out = workdir / "joint_mixture"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mmgen_jax.sample",
-            f"--workdir={workdir}",
-            "--mode=joint",
-            "--joint_prior=mixture",
-            "--mixture_components=3",
-            "--mixture_examples=48",
-            "--num=4",
-            f"--out_dir={out}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "3 Gaussians fitted to the codes of 48 training pairs" in result.stdout
-    rows = [json.loads(line) for line in (out / "index.jsonl").read_text("utf-8").splitlines()]
-    assert len(rows) == 4 and (out / "000003.png").exists()
+    # `sample` draws from the run's model.joint_prior (the smoke config's: a mixture of 4
+    # components fitted to 64 pairs); --joint_prior and --mixture_* override it.
+    for k, (flags, fitted_line) in enumerate(_SAMPLE_PRIOR_FLAGS):
+        out = workdir / f"joint_{k}"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mmgen_jax.sample",
+                f"--workdir={workdir}",
+                "--mode=joint",
+                "--num=4",
+                f"--out_dir={out}",
+                *flags,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        if fitted_line:
+            assert fitted_line in result.stdout
+        else:
+            assert "Gaussians fitted" not in result.stdout
+        rows = [json.loads(line) for line in (out / "index.jsonl").read_text("utf-8").splitlines()]
+        assert len(rows) == 4 and (out / "000003.png").exists()
