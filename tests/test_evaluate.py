@@ -337,6 +337,11 @@ def test_evaluate_draws_joint_samples_from_the_runs_prior(
     )
 
 
+def test_joint_prior_on_a_run_without_joint_samples_is_refused(gan_dir):
+    with pytest.raises(ValueError, match=r"--joint_prior=mixture: the 'gan' run in .* draws no"):
+        evaluate.evaluate(str(gan_dir), joint_prior="mixture")
+
+
 class _CaptionFollower:
     """A generator that understands captions of `patterns` only: image i spells out, in its
     pixel values, the (label, fg, bg) its caption states; any other caption gets (0, 0, 0),

@@ -55,6 +55,11 @@ def evaluate(
         )
     config, family, variables = runs.load_run(workdir, step, checkpoints, sampling)
     prior = runs.joint_prior(config, joint_prior)  # a bad name fails before the test set loads
+    if joint_prior and not family.can(base.JOINT):
+        raise ValueError(
+            f"--joint_prior={joint_prior}: the {config.model.family!r} run in {workdir} draws no "
+            f"joint samples; the flag applies to runs that do (configs/vae.py)"
+        )
     settings, missing = settings_lib.with_defaults(config.get("eval"))
     if missing:
         log.warning("The run's config.json has no eval field(s) %s: using the defaults.", missing)
