@@ -3,6 +3,7 @@ its dataset's examples, the prior its joint samples are drawn from, and batched,
 data-parallel generation. Shared by `sample` and `evaluate` (no flags here)."""
 
 import json
+import logging
 import os
 
 import jax
@@ -12,6 +13,8 @@ import numpy as np
 from mmgen_jax import checkpoint, families, latent_mixture, parallel
 from mmgen_jax.data import pipeline, prepare
 from mmgen_jax.families import base
+
+log = logging.getLogger("mmgen_jax")
 
 # Sampling-time model fields a command may change (`sample`/`evaluate` flags of these names):
 # those of models that sample by integrating an ODE (configs/flow.py).
@@ -176,7 +179,9 @@ def with_joint_prior(
         batch_size=batch_size,
     )
     mixture = jax.jit(latent_mixture.fit, static_argnums=1)(codes, components, key_fit)
-    print(f"joint prior: {components} Gaussians fitted to the codes of {len(codes)} training pairs")
+    log.info(
+        "joint prior: %d Gaussians fitted to the codes of %d training pairs", components, len(codes)
+    )
     return {**variables, "latent_mixture": mixture}
 
 

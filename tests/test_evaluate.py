@@ -230,12 +230,24 @@ def test_caption_metrics_of_a_family_that_describes(gan_dir, evaluator_dir, data
 
 
 @pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory, data_dir):
-    """A smoke VAE run (its config's model.joint_prior: a mixture of 4 components)."""
+def vae_dir(tmp_path_factory, data_dir, evaluator_dir):
+    """A smoke VAE run (its config's model.joint_prior: a mixture of 4 components), evaluated
+    at its end (step 6); workdir/fitted.json lists the priors that evaluation fitted."""
     config = load_config("vae", "smoke")
     config.data.data_dir = data_dir
+    config.train.eval_every = 6
+    config.eval.evaluator_workdir = str(evaluator_dir)
     workdir = tmp_path_factory.mktemp("vae")
-    train.train_and_evaluate(config, str(workdir))
+    fitted, fit = [], runs.with_joint_prior
+
+    def spy(config, family, variables, prior, *args, **kwargs):
+        fitted.append(prior)
+        return fit(config, family, variables, prior, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runs, "with_joint_prior", spy)
+        train.train_and_evaluate(config, str(workdir))
+    (workdir / "fitted.json").write_text(json.dumps(fitted))
     return workdir
 
 
@@ -283,6 +295,10 @@ def test_evaluate_draws_joint_samples_from_the_runs_prior(
         return joint(self, family, variables)
 
     monkeypatch.setattr(suite.Suite, "joint", spy)
+    # During training: the mixture too, fitted for the evaluation at step 6.
+    assert json.loads((vae_dir / "fitted.json").read_text()) == ["mixture"]
+    logged = [r for r in _rows(vae_dir / "metrics.jsonl") if "eval/joint_coherence" in r]
+    assert [r["step"] for r in logged] == [6]
     overrides = {"evaluator_workdir": str(evaluator_dir), "iwae_samples": 0}
     report = evaluate.evaluate(str(vae_dir), overrides=overrides, reference=False)
     assert report["joint_prior"] == "mixture"  # the smoke config's
@@ -331,7 +347,7 @@ def test_evaluate_draws_joint_samples_from_the_runs_prior(
         "--noreference",
         "--joint_prior=mixture",
     )
-    assert "4 Gaussians fitted to the codes of 64 training pairs" in result.stdout
+    assert "4 Gaussians fitted to the codes of 64 training pairs" in result.stderr
     assert json.loads((tmp_path / "bad" / "eval" / "step_6.json").read_text())["joint_prior"] == (
         "mixture"
     )

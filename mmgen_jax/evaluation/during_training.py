@@ -1,7 +1,7 @@
 """Evaluation inside the training loop, every `train.eval_every` steps and at the end.
 
-For a generative family: the `evaluate` metrics on `eval.train_num_samples` test captions go
-to metrics.jsonl and TensorBoard, and the best checkpoint by `eval.best_metric` is kept in
+For a generative family: the `evaluate` metrics on `eval.train_num_samples` test captions
+(joint samples from model.joint_prior, its mixture fitted anew each time) go to metrics.jsonl and TensorBoard, and the best checkpoint by `eval.best_metric` is kept in
 WORKDIR/best/ (with best.json), apart from checkpoints/ so that resuming from the latest
 step is untouched. For the domain evaluator itself: its test accuracy per attribute, also
 written to WORKDIR/accuracy.json, which `evaluate` records beside its numbers.
@@ -17,7 +17,7 @@ import os
 import jax
 import numpy as np
 
-from mmgen_jax import checkpoint, parallel, writers
+from mmgen_jax import checkpoint, parallel, runs, writers
 from mmgen_jax.evaluation import metrics, suite
 from mmgen_jax.evaluation import settings as settings_lib
 from mmgen_jax.families import base
@@ -76,6 +76,9 @@ class GeneratorMetrics:
     def __init__(self, config, family, data_dir, workdir):
         self.settings, _ = settings_lib.with_defaults(config.get("eval"))
         self.family, self.workdir = family, workdir
+        self.config, self.data_dir = config, data_dir
+        # Joint samples from the prior `evaluate` and `sample` use (model.joint_prior).
+        self.joint_prior = runs.joint_prior(config) if family.can(base.JOINT) else None
         self.suite = suite.Suite(config, self.settings, self.settings.train_num_samples, data_dir)
         names = self.suite.names()
         s = self.settings
@@ -98,6 +101,17 @@ class GeneratorMetrics:
 
     def run(self, step, state, data_state, writer):
         variables = self.family.sampling_variables(parallel.single_copy(state))
+        if self.joint_prior:  # refitted to the current codes (~1 s at the default config)
+            s = self.settings
+            variables = runs.with_joint_prior(
+                self.config,
+                self.family,
+                variables,
+                self.joint_prior,
+                s.seed,
+                s.batch_size,
+                self.data_dir,
+            )
         # The likelihood bounds cost ~30 s each time: `evaluate` reports them.
         values = self.suite.measure_run(self.family, variables, likelihood=False)
         writer.scalars(step, {f"eval/{k}": v for k, v in values.items()})
