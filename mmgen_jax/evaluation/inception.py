@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -50,6 +51,15 @@ def _batched_network():
     return parallel.BatchedMap(net.InceptionV3FID().apply)
 
 
+def _call_size(batch_size, per_cpu_device=8):
+    """Images per network call. On XLA:CPU a few per device: at 299x299 larger calls spend
+    their time faulting in fresh activation buffers (2 cores: 0.19 s per image in calls of
+    256, 0.12 s in calls of 16)."""
+    if jax.default_backend() != "cpu":
+        return batch_size
+    return min(batch_size, per_cpu_device * jax.local_device_count())
+
+
 def weights_path(path=""):
     """`path`, or the default converted file; a clear error naming the conversion if absent."""
     path = os.path.expanduser(path or net.DEFAULT_WEIGHTS)
@@ -76,7 +86,7 @@ class InceptionFeatures:
     def __init__(self, path="", batch_size=256):
         self.path = weights_path(path)
         self.variables = net.load_params(self.path)
-        self.batch_size = batch_size
+        self.batch_size = _call_size(batch_size)
         self._map = _batched_network()
         self._digest = None
 
