@@ -61,19 +61,28 @@ def test_evaluator_trains_and_writes_its_test_accuracy(evaluator_dir):
 
 
 def test_digit_head_reads_a_colour_free_stroke_map(evaluator_dir, data_dir):
-    """Recolouring real test images (a per-channel affine map, as augmentation does) leaves
-    the stroke map, and so the digit head's logits, unchanged; the colour heads change."""
+    """Recolouring (a per-channel affine map, as augmentation does) leaves a two-colour
+    image's stroke map unchanged, and real test images' map and digit logits all but
+    unchanged; the colour heads change."""
     config, family, variables = runs.load_run(str(evaluator_dir))
     images = jnp.asarray(suite.load_split(config, "test", 16, data_dir)["image"])
-    recoloured = jnp.array([-0.5, 0.9, 0.3]) * images[..., ::-1] + jnp.array([0.2, 0.0, -0.4])
+    recolour = lambda x: jnp.array([-0.5, 0.9, 0.3]) * x[..., ::-1] + jnp.array([0.2, 0.0, -0.4])
+    recoloured = recolour(images)
     strokes = stroke_map(images)
     assert strokes.shape == (16, 32, 32, 1)
     assert float(jnp.max(strokes[:, :, 0])) == -1.0  # the left column is background
     assert float(jnp.max(strokes)) == 1.0  # the farthest pixels are foreground
-    np.testing.assert_allclose(stroke_map(recoloured), strokes, atol=1e-4)
+    # An exact two-colour image (each real digit snapped to red on blue): the map is invariant.
+    two = jnp.where(strokes > 0, jnp.array([1.0, -1.0, -1.0]), jnp.array([-1.0, -1.0, 1.0]))
+    np.testing.assert_allclose(stroke_map(recolour(two)), stroke_map(two), atol=1e-4)
+    # Real (resized) digits have blended edge pixels off the two-colour line, and the 10%
+    # farthest can swap a pixel under recolouring: the maps, and the logits, agree closely.
+    np.testing.assert_allclose(stroke_map(recoloured), strokes, atol=2e-2)
+    assert float(jnp.mean(jnp.abs(stroke_map(recoloured) - strokes))) < 1e-3
     _, logits = family.net.apply(variables, images)
     _, logits_recoloured = family.net.apply(variables, recoloured)
-    np.testing.assert_allclose(logits_recoloured["label"], logits["label"], atol=1e-4)
+    np.testing.assert_allclose(logits_recoloured["label"], logits["label"], atol=1e-2)
+    assert (logits_recoloured["label"].argmax(-1) == logits["label"].argmax(-1)).all()
     assert not np.allclose(logits_recoloured["fg"], logits["fg"], atol=1e-2)
 
 
