@@ -21,6 +21,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import importlib.util
 import pathlib
+import shutil
 
 import pytest
 
@@ -55,3 +56,22 @@ def smoke_config(data_dir):
     config = load_config("gan", "smoke")
     config.data.data_dir = data_dir
     return config
+
+
+@pytest.fixture(scope="session")
+def two_step_run(tmp_path_factory, data_dir):
+    """(workdir, final state) of a finished 2-step GAN smoke run, made once per worker.
+    Read it, or continue a copy of it (`copy_run`); never write into it."""
+    from mmgen_jax import train
+
+    config = load_config("gan", "smoke")
+    config.data.data_dir = data_dir
+    config.train.num_steps = 2
+    workdir = tmp_path_factory.mktemp("two_step_run")
+    return workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def copy_run(run_dir, workdir):
+    """A copy of the run in `run_dir` at `workdir` (a path that may exist, empty)."""
+    shutil.copytree(run_dir, workdir, dirs_exist_ok=True)
+    return workdir

@@ -17,11 +17,47 @@ from mmgen_jax.families import base
 NAMES = sorted(families.FAMILIES)
 
 
+def _smoke_config(name, data_dir):
+    c = load_config(name, "smoke")
+    c.data.data_dir = data_dir
+    c.train.checkpoint_every = 2
+    c.train.eval_every = 0  # a run evaluates at its last step: a stop would add a row
+    return c
+
+
 @pytest.fixture(params=NAMES)
 def config(request, data_dir):
-    c = load_config(request.param, "smoke")
-    c.data.data_dir = data_dir
-    return c
+    return _smoke_config(request.param, data_dir)
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory, data_dir):
+    """name -> (workdir, final state) of a family's 6-step smoke run that saves every 2
+    steps, trained once per module on first use."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            workdir = tmp_path_factory.mktemp(f"straight_{name}")
+            done[name] = (
+                workdir,
+                train.train_and_evaluate(_smoke_config(name, data_dir), str(workdir)),
+            )
+        return done[name]
+
+    return get
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def stepping(request, data_dir):
+    """The family, its initial state, two real device batches and its step over all 4
+    devices, built once per family: the tests below reuse the one compiled step."""
+    config = _smoke_config(request.param, data_dir)
+    family = families.get(config.model.family)(config)
+    mesh = parallel.make_mesh()
+    state = jax.jit(family.init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
+    batches = [family.device_batch(b) for b in _real_batches(config, 2)]
+    return family, state, batches, mesh, parallel.data_parallel(family.train_step, mesh)
 
 
 def _real_batches(config, n):
@@ -56,15 +92,11 @@ def _metrics(workdir):
     return [{k: v for k, v in r.items() if k not in ("wall_time", "steps_per_sec")} for r in rows]
 
 
-def test_data_parallel_step_equals_pmap(config):
+def test_data_parallel_step_equals_pmap(stepping):
     assert jax.device_count() == 4
-    family = families.get(config.model.family)(config)
-    state = jax.jit(family.init)(jax.random.PRNGKey(0))
-    batch = family.device_batch(_real_batches(config, 1)[0])
-
-    mesh = parallel.make_mesh()
-    step = parallel.data_parallel(family.train_step, mesh)
-    new_state, metrics = step(parallel.replicate(state, mesh), parallel.global_batch(batch, mesh))
+    family, state, batches, mesh, step = stepping
+    batch = batches[0]
+    new_state, metrics = step(state, parallel.global_batch(batch, mesh))
 
     n = jax.device_count()
     stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * n), state)
@@ -75,22 +107,19 @@ def test_data_parallel_step_equals_pmap(config):
     _assert_trees_close(new_state, jax.tree.map(lambda x: x[0], p_state))
 
 
-def test_four_devices_equal_one_device(config):
-    family = families.get(config.model.family)(config)
-    state = jax.jit(family.init)(jax.random.PRNGKey(0))
-    batches = [family.device_batch(b) for b in _real_batches(config, 2)]
+def test_four_devices_equal_one_device(stepping):
+    family, state, batches, mesh4, step4 = stepping
 
-    def run(devices):
-        mesh = parallel.make_mesh(devices)
-        step = parallel.data_parallel(family.train_step, mesh)
+    def run(mesh, step):
         s, history = parallel.replicate(state, mesh), []
         for b in batches:
             s, m = step(s, parallel.global_batch(b, mesh))
             history.append(m)
         return jax.device_get(s), jax.device_get(history)
 
-    state4, metrics4 = run(jax.devices())
-    state1, metrics1 = run(jax.devices()[:1])
+    mesh1 = parallel.make_mesh(jax.devices()[:1])
+    state4, metrics4 = run(mesh4, step4)
+    state1, metrics1 = run(mesh1, parallel.data_parallel(family.train_step, mesh1))
     _assert_trees_close(metrics4, metrics1, rtol=1e-4, atol=1e-5)
     # Adam's first steps turn gradients that are zero up to rounding (e.g. a bias followed
     # by a normalisation) into steps of about +-lr, whatever the summation order: the
@@ -100,32 +129,24 @@ def test_four_devices_equal_one_device(config):
     assert int(state4.step) == 2
 
 
-def test_example_batch_is_shaped_like_real_data_and_trains(config):
+def test_example_batch_is_shaped_like_real_data_and_trains(stepping):
     """The benchmark's synthetic batch: the fields, shapes and dtypes the step reads from
     real data, and a finite step on it."""
-    family = families.get(config.model.family)(config)
-    size = config.train.batch_size
-    real = family.device_batch(_real_batches(config, 1)[0])
+    family, state, batches, mesh, step = stepping
+    size = family.config.train.batch_size
     fake = family.device_batch(family.example_batch(size, seed=3))
     assert {k: (v.shape, v.dtype) for k, v in fake.items()} == {
-        k: (v.shape, v.dtype) for k, v in real.items()
+        k: (v.shape, v.dtype) for k, v in batches[0].items()
     }
-    mesh = parallel.make_mesh()
-    state = jax.jit(family.init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
-    _, metrics = parallel.data_parallel(family.train_step, mesh)(
-        state, parallel.global_batch(fake, mesh)
-    )
+    _, metrics = step(state, parallel.global_batch(fake, mesh))
     assert metrics and all(np.isfinite(float(v)) for v in jax.device_get(metrics).values())
 
 
-def test_smoke_run_writes_its_files_and_resumes_bit_identically(config, tmp_path):
+def test_smoke_run_writes_its_files_and_resumes_bit_identically(config, tmp_path, straight_runs):
     """The loop on real data: files of a finished run, then a run stopped after step 4 and
     resumed to 6 equals the run that went straight through, bit for bit."""
-    config.train.checkpoint_every = 2
-    config.train.eval_every = 0  # a run evaluates at its last step: the stop would add a row
     family = families.get(config.model.family)(config)
-    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-    done = tmp_path / "straight"
+    done, straight = straight_runs(config.model.family)
     for name in ("config.json", "manifest.json", "metrics.jsonl", "checkpoints/6"):
         assert (done / name).exists(), name
     draws = family.can(base.TEXT_TO_IMAGE) or family.can(base.JOINT)
@@ -143,12 +164,12 @@ def test_smoke_run_writes_its_files_and_resumes_bit_identically(config, tmp_path
     )
 
 
-def test_grid_columns_follow_the_capabilities(config):
-    family = families.get(config.model.family)(config)
+def test_grid_columns_follow_the_capabilities(stepping):
+    family, state, batches, _, _ = stepping
     if not (family.can(base.TEXT_TO_IMAGE) or family.can(base.JOINT)):
-        pytest.skip(f"{config.model.family} draws nothing")
-    batch = _real_batches(config, 1)[0]
-    variables = family.sampling_variables(jax.jit(family.init)(jax.random.PRNGKey(0)))
+        pytest.skip(f"{family.config.model.family} draws nothing")
+    batch = batches[0]
+    variables = family.sampling_variables(state)
     rows, cols = 2, 3
     columns = jax.jit(lambda v, x, t, k: family.grid_columns(v, x, t, k, cols))(
         variables, batch["image"][:rows], batch["text"][:rows], jax.random.PRNGKey(1)
@@ -172,13 +193,10 @@ def test_a_family_must_implement_what_it_declares():
         base.check(Incomplete)
 
 
-def test_init_from_starts_from_another_runs_parameters(tmp_path, data_dir):
-    config = load_config("gan", "smoke")
-    config.data.data_dir = data_dir
-    config.train.num_steps = 2
-    donor = train.train_and_evaluate(config, str(tmp_path / "donor"))
-
-    config.init_from = str(tmp_path / "donor")
+def test_init_from_starts_from_another_runs_parameters(tmp_path, data_dir, straight_runs):
+    donor_dir, donor = straight_runs("gan")
+    config = _smoke_config("gan", data_dir)
+    config.init_from = str(donor_dir)
     config.train.num_steps = 0  # start only: the state it begins with
     config.train.lr_g = 1e-3  # optimiser settings may change: its state starts fresh
     started = train.train_and_evaluate(config, str(tmp_path / "tuned"))

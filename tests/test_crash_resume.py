@@ -67,14 +67,16 @@ def test_kill_9_resumes_from_last_complete_checkpoint_bit_identically(
     _assert_trees_equal(resumed, reference)
 
 
-def test_same_config_twice_gives_identical_metrics_and_a_full_manifest(tmp_path, smoke_config):
+def test_same_config_twice_gives_identical_metrics_and_a_full_manifest(
+    tmp_path, smoke_config, two_step_run
+):
+    first_dir, first = two_step_run  # the same config, run earlier in this process
     smoke_config.train.num_steps = 2
-    first = train.train_and_evaluate(smoke_config, str(tmp_path / "a"))
     second = train.train_and_evaluate(smoke_config, str(tmp_path / "b"))
-    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    assert _metrics(first_dir) == _metrics(tmp_path / "b")
     _assert_trees_equal(first, second)
 
-    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    manifest = json.loads((first_dir / "manifest.json").read_text())
     for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
         assert manifest["versions"][package], package
     assert {"tensorflow-datasets", "grain"} <= manifest["versions"].keys()

@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+from conftest import copy_run
 from test_checkpoint_safety import _flip, _largest_array_file
 from test_train import _metrics
 
@@ -20,9 +21,9 @@ def test_a_second_run_on_a_workdir_refuses_before_touching_it(tmp_path, smoke_co
         assert sorted(p.name for p in tmp_path.iterdir()) == [workdir_lock.LOCK_FILE]
 
 
-def test_config_is_checked_when_no_checkpoint_is_left(tmp_path, smoke_config):
-    smoke_config.train.num_steps = 3
-    train.train_and_evaluate(smoke_config, str(tmp_path))
+def test_config_is_checked_when_no_checkpoint_is_left(tmp_path, smoke_config, two_step_run):
+    copy_run(two_step_run[0], tmp_path)
+    smoke_config.train.num_steps = 2
     shutil.rmtree(tmp_path / "checkpoints")
     os.rename(tmp_path / "metrics.jsonl", tmp_path / "metrics.old.jsonl")
     smoke_config.train.lr_g = 5e-3
@@ -33,21 +34,23 @@ def test_config_is_checked_when_no_checkpoint_is_left(tmp_path, smoke_config):
 def test_a_damaged_latest_checkpoint_is_replaced_by_training_again(tmp_path, smoke_config, caplog):
     smoke_config.train.num_steps = 6
     smoke_config.train.log_every = 1  # rows then average one step each: comparable
-    train.train_and_evaluate(smoke_config, str(tmp_path / "straight"))
     work = tmp_path / "damaged"
     train.train_and_evaluate(smoke_config, str(work))
+    straight = _metrics(work)
     _flip(_largest_array_file(work / "checkpoints" / "6"))
     with caplog.at_level("WARNING", logger="mmgen_jax"):
         train.train_and_evaluate(smoke_config, str(work))
     assert "Checkpoint 6 in" in caplog.text and "using step 3" in caplog.text
     assert (work / "checkpoints-damaged" / "6").is_dir()
     assert checkpoint.verify_step(str(work / "checkpoints" / "6")) is None
-    assert _metrics(work) == _metrics(tmp_path / "straight")  # steps 4-6 redone, same
+    assert _metrics(work) == straight  # steps 4-6 redone, the same, not appended twice
 
 
-def test_device_warning_compares_against_the_last_training_start(tmp_path, smoke_config, caplog):
+def test_device_warning_compares_against_the_last_training_start(
+    tmp_path, smoke_config, caplog, two_step_run
+):
+    copy_run(two_step_run[0], tmp_path)
     smoke_config.train.num_steps = 2
-    train.train_and_evaluate(smoke_config, str(tmp_path))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     manifest["device_count"] = 2  # as if the training so far had run on 2 devices
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, copy_run
 
 from mmgen_jax import checkpoint, families, train
 
@@ -71,9 +71,9 @@ def test_main_smoke_run_writes_everything(tmp_path, data_dir):
     assert [r["step"] for r in _metrics(workdir)] == [2, 4, 6]
 
 
-def test_changed_experiment_in_same_workdir_is_refused(tmp_path, smoke_config):
+def test_changed_experiment_in_same_workdir_is_refused(tmp_path, smoke_config, two_step_run):
+    copy_run(two_step_run[0], tmp_path)
     smoke_config.train.num_steps = 2
-    train.train_and_evaluate(smoke_config, str(tmp_path))
     smoke_config.model.g_width = 16
     with pytest.raises(ValueError, match="model.g_width"):
         train.train_and_evaluate(smoke_config, str(tmp_path))
@@ -132,9 +132,8 @@ def test_steps_per_dispatch_must_divide_the_loop_boundaries(tmp_path, smoke_conf
         train.train_and_evaluate(smoke_config, str(tmp_path))
 
 
-def test_resuming_on_another_device_count_warns(tmp_path, smoke_config, caplog):
-    smoke_config.train.num_steps = 2
-    train.train_and_evaluate(smoke_config, str(tmp_path))
+def test_resuming_on_another_device_count_warns(tmp_path, smoke_config, caplog, two_step_run):
+    copy_run(two_step_run[0], tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["device_count"] == 4
     manifest["device_count"] = 2  # as if the first part had run on 2 devices
