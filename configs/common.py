@@ -93,9 +93,11 @@ def minilm(c):
 
 def smoke(c):
     """The loop of a smoke variant (tests and CI): 6 steps, a log line every 2, and every
-    action that is on (checkpoints, samples, evaluation) every 3."""
+    action that is on (checkpoints, samples, evaluation) every 3; no report.html (its plots
+    take longer than the run: tests of the report turn it on)."""
     t = c.train
     t.num_steps = 6
+    t.write_report = False
     t.log_every = 2
     t.checkpoint_every = 3
     for name in ("sample_every", "eval_every"):

@@ -21,6 +21,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _two_devices(xla_flags):
+    """The test process's XLA flags (conftest.py's), with 2 CPU devices instead of 4."""
+    kept = [f for f in xla_flags.split() if "host_platform_device_count" not in f]
+    return " ".join([*kept, "--xla_force_host_platform_device_count=2"])
+
+
 def _start_two_processes(workdir, data_dir, logs, *overrides):
     """`python -m mmgen_jax.main` as processes 0 and 1 of a 2-process job."""
     port = _free_port()
@@ -28,7 +34,7 @@ def _start_two_processes(workdir, data_dir, logs, *overrides):
     for index in range(2):
         env = {
             **os.environ,
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "XLA_FLAGS": _two_devices(os.environ.get("XLA_FLAGS", "")),
             "JAX_PLATFORMS": "cpu",
             "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
             "JAX_NUM_PROCESSES": "2",

@@ -29,6 +29,7 @@ def smoke_run(tmp_path_factory, data_dir):
 
     config = load_config("gan", "smoke")
     config.data.data_dir = data_dir
+    config.train.write_report = True  # smoke variants do not write one
     workdir = tmp_path_factory.mktemp("runs") / "gan"
     train.train_and_evaluate(config, str(workdir))
     return workdir
