@@ -75,3 +75,36 @@ def copy_run(run_dir, workdir):
     """A copy of the run in `run_dir` at `workdir` (a path that may exist, empty)."""
     shutil.copytree(run_dir, workdir, dirs_exist_ok=True)
     return workdir
+
+
+def run_command(command, *argv):
+    """Runs a command module (mmgen_jax.main, .sample, ...) in-process with `argv`, as
+    `python -m` would; a user error ends in SystemExit(1), with its FATAL line on stderr.
+    Use with the `restore_logging` fixture."""
+    from mmgen_jax import app
+
+    return app.run(command.main, command.FLAGS, [command.__name__, *argv])
+
+
+@pytest.fixture
+def restore_logging():
+    """Commands run in-process configure logging for a terminal (our logger stops
+    propagating, its handler writes to this test's stderr); later tests' caplog and
+    subprocesses' environment need it as it was."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    cpp_level = os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    names = ("mmgen_jax", "jax", "orbax", "tensorflow_datasets", "grain")
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg.propagate, list(lg.handlers), lg.level) for lg in loggers]
+    verbosity = absl_logging.get_verbosity()
+    yield
+    for lg, (propagate, handlers, level) in zip(loggers, saved, strict=True):
+        lg.propagate, lg.handlers[:] = propagate, handlers
+        lg.setLevel(level)
+    absl_logging.set_verbosity(verbosity)
+    os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    if cpp_level is not None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = cpp_level

@@ -23,11 +23,23 @@ def _perturbed(family, seed=0, scale=0.2):
     """Sampling variables with every parameter moved off its initial value: at init the
     U-Net's zero-initialised output layers make every velocity 0, which would let guidance
     tests pass trivially."""
-    params = jax.jit(family.init)(jax.random.PRNGKey(seed)).params
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    return {"params": jax.tree.unflatten(treedef, leaves)}
+
+    @jax.jit
+    def perturbed():
+        params = family.init(jax.random.PRNGKey(seed)).params
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+        leaves = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+        return {"params": jax.tree.unflatten(treedef, leaves)}
+
+    return perturbed()
+
+
+@pytest.fixture(scope="module")
+def variables():
+    """Perturbed variables of the smoke network; the sampling fields (guidance, sampler,
+    steps) leave its parameter tree as it is, so every sampling test can read them."""
+    return _perturbed(_family())
 
 
 def _captions(n, length=48):
@@ -138,68 +150,71 @@ def test_guidance_one_is_conditional_and_zero_unconditional():
     )
 
 
-def _generate(family, variables, tokens, seed=0, indices=None):
-    indices = jnp.arange(len(tokens), dtype=jnp.uint32) if indices is None else indices
-    return np.asarray(
-        jax.jit(family.generate)(variables, jnp.asarray(tokens), jax.random.PRNGKey(seed), indices)
-    )
+def _sampler(family):
+    """family.generate jitted once: (variables, tokens, seed=0, indices=0..N-1) -> images."""
+    generate = jax.jit(family.generate)
+
+    def sample(variables, tokens, seed=0, indices=None):
+        indices = jnp.arange(len(tokens), dtype=jnp.uint32) if indices is None else indices
+        return np.asarray(
+            generate(variables, jnp.asarray(tokens), jax.random.PRNGKey(seed), indices)
+        )
+
+    return sample
 
 
-def test_generate_guidance_uses_the_conditional_and_the_empty_caption_branches():
+def test_generate_guidance_uses_the_conditional_and_the_empty_caption_branches(variables):
     tokens = _captions(4)
-    conditional = _family(guidance=1.0)
-    variables = _perturbed(conditional)
-    cond = _generate(conditional, variables, tokens)
-    uncond = _generate(conditional, variables, flow.empty_captions(jnp.asarray(tokens)))
+    conditional = _sampler(_family(guidance=1.0))
+    cond = conditional(variables, tokens)
+    uncond = conditional(variables, flow.empty_captions(jnp.asarray(tokens)))
     assert np.abs(cond - uncond).max() > 1e-3  # the caption matters to these parameters
     # w = 0 draws from the empty caption, whatever the caption.
     np.testing.assert_allclose(
-        _generate(_family(guidance=0.0), variables, tokens), uncond, atol=1e-6
+        _sampler(_family(guidance=0.0))(variables, tokens), uncond, atol=1e-6
     )
     # The two-branch combination (w not 0 or 1) is checked step by step below.
 
 
-def test_one_guided_euler_step_is_the_guided_velocity_from_the_noise():
+def test_one_guided_euler_step_is_the_guided_velocity_from_the_noise(variables):
     """With one Euler step the image is noise - v(noise, 1): check the guided combination
     of the network's two velocities end to end (before the [-1, 1] clip)."""
     family = _family(guidance=2.5, sample_steps=1)
-    variables = _perturbed(family)
     tokens = jnp.asarray(_captions(3))
     indices = jnp.arange(3, dtype=jnp.uint32)
     key = jax.random.PRNGKey(7)
     noise = flow.base.example_normal(key, indices, (32, 32, 3))
     ones = jnp.ones((3,))
 
-    def v(t):
-        return family.net.apply(variables, noise, ones, t)
-
+    v = jax.jit(lambda t: family.net.apply(variables, noise, ones, t))
     expected = np.clip(noise - flow.guided(v(tokens), v(flow.empty_captions(tokens)), 2.5), -1, 1)
-    np.testing.assert_allclose(_generate(family, variables, tokens, 7), expected, atol=1e-4)
+    np.testing.assert_allclose(_sampler(family)(variables, tokens, 7), expected, atol=1e-4)
 
 
-def test_heun_sampling_differs_from_euler_on_the_network():
-    variables = _perturbed(_family())
+def test_heun_sampling_differs_from_euler_on_the_network(variables):
     tokens = _captions(2)
-    euler = _generate(_family(sampler="euler", sample_steps=2), variables, tokens)
-    heun = _generate(_family(sampler="heun", sample_steps=2), variables, tokens)
+    euler = _sampler(_family(sampler="euler", sample_steps=2))(variables, tokens)
+    heun = _sampler(_family(sampler="heun", sample_steps=2))(variables, tokens)
     assert np.abs(euler - heun).max() > 1e-4
 
 
 # ---- determinism ---------------------------------------------------------------------------
 
 
-def test_samples_depend_on_seed_and_index_only_not_on_the_batch_size():
+def test_samples_depend_on_seed_and_index_only_not_on_the_batch_size(variables):
     family = _family(guidance=2.0)
-    variables = _perturbed(family)
+    run = runs.generator(family)
     tokens = np.repeat(_captions(4), 3, axis=0)  # 12 captions
-    whole = runs.generate_from_tokens(family, variables, tokens, seed=3, batch_size=12)
-    small = runs.generate_from_tokens(family, variables, tokens, seed=3, batch_size=4)
+    whole = runs.generate_from_tokens(family, variables, tokens, seed=3, batch_size=12, run=run)
+    small = runs.generate_from_tokens(family, variables, tokens, seed=3, batch_size=4, run=run)
     # Equal up to float rounding: XLA may sum in another order for another batch shape.
     np.testing.assert_allclose(whole, small, atol=1e-4)
     # Image i is a function of (seed, i): the same rows from a batch that starts later.
-    tail = _generate(family, variables, tokens[5:], 3, jnp.arange(5, 12, dtype=jnp.uint32))
+    tail = _sampler(family)(variables, tokens[5:], 3, jnp.arange(5, 12, dtype=jnp.uint32))
     np.testing.assert_allclose(tail, whole[5:], atol=1e-4)
-    other_seed = runs.generate_from_tokens(family, variables, tokens, seed=4, batch_size=12)
+    other_seed = runs.generate_from_tokens(
+        family, variables, tokens, seed=4, batch_size=12, run=run
+    )
     assert np.abs(other_seed - whole).max() > 1e-3
     # The same caption at different indices draws different images.
     assert np.abs(whole[0] - whole[1]).max() > 1e-3
@@ -220,14 +235,14 @@ def test_text_encoder_token_states_leave_the_pooled_vector_unchanged():
 
 def test_cross_attention_switch_adds_attention_that_reads_the_tokens():
     family = _family("cross_attention", attention_size=16)
-    params = jax.jit(family.init)(jax.random.PRNGKey(0)).params
-    attention = [k for k in params["unet"] if k.endswith("_attn")]
-    plain = jax.jit(_family().init)(jax.random.PRNGKey(0)).params
-    assert attention and not [k for k in plain["unet"] if k.endswith("_attn")]
     variables = _perturbed(family)
+    attention = [k for k in variables["params"]["unet"] if k.endswith("_attn")]
+    # The parameter tree without the switch (its shapes: nothing to compute).
+    plain = jax.eval_shape(_family().init, jax.random.PRNGKey(0)).params
+    assert attention and not [k for k in plain["unet"] if k.endswith("_attn")]
     tokens = jnp.asarray(_captions(2))
     x, t = jnp.zeros((2, 32, 32, 3)), jnp.full((2,), 0.5)
-    v = family.net.apply(variables, x, t, tokens)
+    v = jax.jit(family.net.apply)(variables, x, t, tokens)
     assert np.isfinite(np.asarray(v)).all()
     # The same network without its attention layers computes another velocity.
     no_attention = family.net.clone(unet=family.net.unet.clone(cross_attention=False))
@@ -239,7 +254,7 @@ def test_cross_attention_switch_adds_attention_that_reads_the_tokens():
             },
         }
     }
-    assert np.abs(v - no_attention.apply(kept, x, t, tokens)).max() > 1e-4
+    assert np.abs(v - jax.jit(no_attention.apply)(kept, x, t, tokens)).max() > 1e-4
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch():

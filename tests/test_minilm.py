@@ -69,19 +69,30 @@ def test_padding_and_cutting():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("trainable", [False, True])
-def test_caption_encoder_outputs_and_gradient_switch(trainable):
+@pytest.fixture(scope="module")
+def encoder_inputs():
+    """(tokens, parameters) of a CaptionEncoder with the shipped MiniLM loaded: the tree is
+    the same whether the encoder is trainable or not."""
     tokens = jnp.asarray(wordpiece.encode_batch(["a red seven", "blue ground, green two"], 10))
+    params = jax.jit(minilm.CaptionEncoder(out_dim=16).init)(jax.random.PRNGKey(0), tokens)
+    return tokens, minilm.load_into(params["params"])
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_caption_encoder_outputs_and_gradient_switch(trainable, encoder_inputs):
+    tokens, params = encoder_inputs
     encoder = minilm.CaptionEncoder(out_dim=16, trainable=trainable)
-    params = minilm.load_into(encoder.init(jax.random.PRNGKey(0), tokens)["params"])
-    pooled, states = encoder.apply({"params": params}, tokens, return_states=True)
-    assert pooled.shape == (2, 16) and states.shape == (2, 10, 16)
+
+    def outputs(p):
+        return encoder.apply({"params": p}, tokens, return_states=True)
 
     def loss(p):
-        pooled, states = encoder.apply({"params": p}, tokens, return_states=True)
+        pooled, states = outputs(p)
         return jnp.sum(pooled**2) + jnp.sum(states**2)
 
-    grads = jax.grad(loss)(params)
+    pooled, states = jax.jit(outputs)(params)
+    assert pooled.shape == (2, 16) and states.shape == (2, 10, 16)
+    grads = jax.jit(jax.grad(loss))(params)
     reached = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[minilm.MODULE_NAME]))
     assert (reached > 0) == trainable
     assert float(jnp.abs(grads["project"]["kernel"]).max()) > 0
@@ -119,7 +130,7 @@ def _minilm_trees(params):
 
 def _one_step(config):
     family = gan_lib.GAN(config)
-    state = family.init(jax.random.PRNGKey(0))
+    state = jax.jit(family.init)(jax.random.PRNGKey(0))  # as train.py starts a run
     captions = ["a red seven on blue", "green three, yellow ground"] * 2
     batch = {
         "image": jnp.zeros((4, 32, 32, 3), jnp.float32),
@@ -172,9 +183,12 @@ FREE_CAPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("family", ["gan", "vae"])
-def test_trains_on_a_folder_of_free_english_captions(family, tmp_path, monkeypatch):
-    folder = tmp_path / "data"
+@pytest.fixture(scope="module")
+def caption_folder(tmp_path_factory):
+    """(folder, TFDS data_dir) of 16 images with FREE_CAPTIONS: both families read the same
+    prepared dataset (tokenizing happens in the input stream, after preparation)."""
+    root = tmp_path_factory.mktemp("free_captions")
+    folder = root / "data"
     folder.mkdir()
     rng = np.random.default_rng(0)
     rows = []
@@ -183,12 +197,17 @@ def test_trains_on_a_folder_of_free_english_captions(family, tmp_path, monkeypat
         Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / name)
         rows.append({"image": name, "caption": caption, "split": "test" if i < 4 else "train"})
     (folder / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return folder, root / "tfds"
 
+
+@pytest.mark.parametrize("family", ["gan", "vae"])
+def test_trains_on_a_folder_of_free_english_captions(family, caption_folder, tmp_path, monkeypatch):
+    folder, data_dir = caption_folder
     config = load_config(family, "smoke,folder,minilm" if family == "gan" else "smoke,minilm")
     config.data.name = "caption_folder"
     config.train.aux_classifier_weight = 0.0  # a user's folder has no labels
     config.data.path = str(folder)
-    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.data_dir = str(data_dir)
     config.data.max_text_len = 16
     config.train.num_steps = 2
     config.train.checkpoint_every = 2

@@ -2,18 +2,17 @@
 its joint samples (valid UTF-8 by construction), and joint samples from a mixture fitted to
 its training codes (the config's model.joint_prior, or `sample --joint_prior`)."""
 
+import functools
 import json
 import math
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, load_config
+from conftest import load_config, run_command
 
-from mmgen_jax import elbo, latent_mixture, parallel, runs, train
+from mmgen_jax import elbo, latent_mixture, parallel, runs, sample, train
 from mmgen_jax.data import tokenizer
 from mmgen_jax.evaluation import suite
 from mmgen_jax.families import base
@@ -32,12 +31,16 @@ def trained(request, tmp_path_factory, data_dir):
     return family, variables, test, workdir
 
 
-def _bounds(family, variables, test, num_samples, seed=0, batch_size=16):
-    bound = parallel.BatchedMap(
+def _bound(family, num_samples):
+    """`family.log_likelihood` with K = `num_samples` as one program over the devices."""
+    return parallel.BatchedMap(
         lambda shared, images, tokens, idx: family.log_likelihood(
             shared[0], images, tokens, shared[1], idx, num_samples
         )
     )
+
+
+def _bounds(bound, variables, test, seed=0, batch_size=16):
     index = np.arange(len(test["text"]), dtype=np.uint32)
     key = jax.random.PRNGKey(seed)
     return bound((variables, key), test["image"], test["text"], index, batch_size=batch_size)
@@ -46,11 +49,24 @@ def _bounds(family, variables, test, num_samples, seed=0, batch_size=16):
 def test_a_single_sample_bound_is_the_elbo_estimate_of_those_draws(trained):
     """K = 1, recomputed here from the networks and elbo.py with the documented draws."""
     family, variables, test, _ = trained
-    params, t = variables["params"], family.config.train
+    params = variables["params"]
     images, tokens = jnp.asarray(test["image"]), jnp.asarray(test["text"])
     index = jnp.arange(len(tokens), dtype=jnp.uint32)
     key = jax.random.PRNGKey(7)
-    got = family.log_likelihood(variables, images, tokens, key, index, 1)
+    got = jax.jit(family.log_likelihood, static_argnums=5)(variables, images, tokens, key, index, 1)
+    want = _single_sample_bounds(family, params, images, tokens, index, key)
+    for name in ("joint", "image", "text"):
+        assert got[name].shape == (len(tokens),)
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-2)
+    # A density bound of 32x32x3 pixels and a 48-token caption: finite and of that order.
+    assert np.all(np.isfinite(got["joint"]))
+    assert np.all(np.asarray(got["text"]) < 0)  # a probability of discrete tokens
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _single_sample_bounds(family, params, images, tokens, index, key):
+    """The K = 1 bounds from the networks, elbo.py and the documented draws."""
+    t = family.config.train
 
     def apply(method, *args):
         return family.net.apply({"params": params}, *args, method=method)
@@ -88,28 +104,23 @@ def test_a_single_sample_bound_is_the_elbo_estimate_of_those_draws(trained):
     def log_prior(z):
         return elbo.gaussian_log_prob(z, jnp.zeros_like(z), jnp.zeros_like(z))
 
-    want = {
+    return {
         "joint": image_ll(z_joint) + text_ll(z_joint) + log_prior(z_joint) - log_q_joint,
         "image": image_ll(z_image) + log_prior(z_image) - elbo.gaussian_log_prob(z_image, *image_q),
         "text": text_ll(z_text) + log_prior(z_text) - elbo.gaussian_log_prob(z_text, *text_q),
     }
-    for name in ("joint", "image", "text"):
-        assert got[name].shape == (len(tokens),)
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-2)
-    # A density bound of 32x32x3 pixels and a 48-token caption: finite and of that order.
-    assert np.all(np.isfinite(got["joint"]))
-    assert np.all(np.asarray(got["text"]) < 0)  # a probability of discrete tokens
 
 
 def test_the_bound_tightens_with_more_samples_and_is_deterministic(trained):
     family, variables, test, _ = trained
-    by_k = {k: _bounds(family, variables, test, k) for k in (1, 8, 64)}
+    bounds = {k: _bound(family, k) for k in (1, 8, 64)}
+    by_k = {k: _bounds(bound, variables, test) for k, bound in bounds.items()}
     for name in ("joint", "image", "text"):
         means = [float(np.mean(by_k[k][name])) for k in (1, 8, 64)]
         assert means[0] <= means[1] + 1e-3 and means[1] <= means[2] + 1e-3, (name, means)
     # Same seed: the same numbers, whatever the batch split; another seed: others.
-    again = _bounds(family, variables, test, 8, batch_size=4)
-    other = _bounds(family, variables, test, 8, seed=1)
+    again = _bounds(bounds[8], variables, test, batch_size=4)
+    other = _bounds(bounds[8], variables, test, seed=1)
     for name in ("joint", "image", "text"):
         np.testing.assert_allclose(again[name], by_k[8][name], rtol=1e-5, atol=1e-3)
         assert not np.allclose(other[name], by_k[8][name])
@@ -125,9 +136,9 @@ def test_bits_per_dim_of_a_uniform_density_is_eight():
 def test_trained_joint_samples_and_sampled_captions_are_strict_utf8(trained):
     family, variables, test, _ = trained
     index = jnp.arange(64, dtype=jnp.uint32)
-    _, joint_tokens = family.joint(variables, jax.random.PRNGKey(0), index)
+    _, joint_tokens = jax.jit(family.joint)(variables, jax.random.PRNGKey(0), index)
     images = jnp.asarray(np.resize(test["image"], (64,) + test["image"].shape[1:]))
-    described = family.describe(variables, images, jax.random.PRNGKey(1), index, 1.5)
+    described = jax.jit(family.describe)(variables, images, jax.random.PRNGKey(1), index, 1.5)
     length = family.config.data.max_text_len
     for row in np.concatenate([np.asarray(joint_tokens), np.asarray(described)]):
         row = list(row)
@@ -151,7 +162,7 @@ def _fit(family, variables, components, num_examples):
     )
 
 
-def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained):
+def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained, capsys, restore_logging):
     family, variables, _, workdir = trained
     fitted = _fit(family, variables, 3, 48)
     mixture = fitted["latent_mixture"]
@@ -160,7 +171,7 @@ def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained):
     assert np.exp(mixture["log_weights"]).sum() == pytest.approx(1.0, abs=1e-5)
     # Fitted to the codes of those training pairs: EM keeps the mixture's mean at theirs.
     train_split = runs.examples(family.config, 48, family.config.data.train_split)
-    codes = family.posterior(
+    codes = jax.jit(family.posterior)(
         variables,
         train_split["image"],
         train_split["text"],
@@ -178,8 +189,9 @@ def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained):
     assert runs.with_joint_prior(family.config, family, variables, "standard") is variables
     index = jnp.arange(8, dtype=jnp.uint32)
     key = jax.random.PRNGKey(0)
-    images, tokens = family.joint(fitted, key, index)
-    plain, _ = family.joint(variables, key, index)
+    joint = jax.jit(family.joint)
+    images, tokens = joint(fitted, key, index)
+    plain, _ = joint(variables, key, index)
     assert images.shape == plain.shape and not np.allclose(images, plain)
     for row in np.asarray(tokens):
         row = list(row)
@@ -190,29 +202,16 @@ def test_joint_samples_from_a_mixture_fitted_to_training_codes(trained):
         return
     # `sample` draws from the run's model.joint_prior (the smoke config's: a mixture of 4
     # components fitted to 64 pairs); --joint_prior and --mixture_* override it.
+    capsys.readouterr()
     for k, (flags, fitted_line) in enumerate(_SAMPLE_PRIOR_FLAGS):
         out = workdir / f"joint_{k}"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mmgen_jax.sample",
-                f"--workdir={workdir}",
-                "--mode=joint",
-                "--num=4",
-                f"--out_dir={out}",
-                *flags,
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+        run_command(
+            sample, f"--workdir={workdir}", "--mode=joint", "--num=4", f"--out_dir={out}", *flags
         )
-        assert result.returncode == 0, result.stderr[-3000:]
+        err = capsys.readouterr().err  # the log lines
         if fitted_line:
-            assert fitted_line in result.stderr  # a log line
+            assert fitted_line in err
         else:
-            assert "Gaussians fitted" not in result.stderr
+            assert "Gaussians fitted" not in err
         rows = [json.loads(line) for line in (out / "index.jsonl").read_text("utf-8").splitlines()]
         assert len(rows) == 4 and (out / "000003.png").exists()
