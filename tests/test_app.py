@@ -67,9 +67,9 @@ def test_sweep_local_starts_exactly_as_main(tmp_path, started):
 
 @pytest.fixture(scope="module")
 def sweep_root(tmp_path_factory, data_dir):
-    """A local sweep of one smoke run (2 steps, a checkpoint at step 2) started as a user
-    would: a new process without the tests' forced device count (XLA_FLAGS keeps only the
-    tests' optimisation level, which leaves the split alone)."""
+    """A local sweep of one smoke run (2 steps, a checkpoint at step 2, no sample grids)
+    started as a user would: a new process without the tests' forced device count (XLA_FLAGS
+    keeps only the tests' optimisation level, which leaves the split alone)."""
     root = tmp_path_factory.mktemp("study")
     flags = os.environ["XLA_FLAGS"].split()
     xla_flags = " ".join(f for f in flags if "xla_force_host_platform_device_count" not in f)
@@ -85,7 +85,7 @@ def sweep_root(tmp_path_factory, data_dir):
             "--config.train.batch_size=16",
             "--config.train.num_steps=2",
             "--config.train.checkpoint_every=2",
-            "--config.train.sample_every=2",
+            "--config.train.sample_every=0",
         ],
         cwd=ROOT,
         env={**os.environ, "XLA_FLAGS": xla_flags},
