@@ -351,8 +351,12 @@ def test_evaluate_draws_joint_samples_from_the_runs_prior(
     assert str(error.value) == (
         "model.joint_prior (the run's config.json)='vamp': use one of 'standard', 'mixture'"
     )
-    flags = [f"--workdir={bad}", f"--evaluator_workdir={evaluator_dir}", "--iwae_samples=0"]
-    flags.append("--noreference")
+    flags = [
+        f"--workdir={bad}",
+        f"--evaluator_workdir={evaluator_dir}",
+        "--iwae_samples=0",
+        "--noreference",
+    ]
     assert commands.fatal_lines(evaluate_command, *flags) == [f"FATAL: {error.value}"]
     _, stderr = commands.run(evaluate_command, *flags, "--joint_prior=mixture")
     assert "4 Gaussians fitted to the codes of 64 training pairs" in stderr

@@ -1,4 +1,5 @@
-"""The sampling CLI: captions file -> PNGs + index.jsonl, quick grid, clear errors."""
+"""The sampling CLI (run in-process): captions file -> PNGs + index.jsonl, quick grid, clear
+errors."""
 
 import json
 
