@@ -4,15 +4,14 @@ exactly as `main` does."""
 
 import errno
 import json
-import logging
 import os
 import re
 import subprocess
 import sys
 
+import commands
 import ml_collections
 import pytest
-from absl import logging as absl_logging
 from conftest import ROOT, load_config
 
 from mmgen_jax import (
@@ -33,31 +32,9 @@ SMOKE = "--config=configs/gan.py:smoke"
 
 @pytest.fixture(autouse=True)
 def _restore_logging():
-    """Commands run in-process configure logging for a terminal (our logger stops
-    propagating); later tests' caplog, and subprocesses' environment, need it as it was."""
-    cpp_level = os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    names = ("mmgen_jax", "jax", "orbax", "tensorflow_datasets", "grain")
-    loggers = [logging.getLogger(n) for n in names]
-    saved = [(lg.propagate, list(lg.handlers), lg.level) for lg in loggers]
-    verbosity = absl_logging.get_verbosity()
-    yield
-    for lg, (propagate, handlers, level) in zip(loggers, saved, strict=True):
-        lg.propagate, lg.handlers[:] = propagate, handlers
-        lg.setLevel(level)
-    absl_logging.set_verbosity(verbosity)
-    os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    if cpp_level is not None:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = cpp_level
-
-
-def _fatal_lines(capsys, command, argv):
-    """Runs `command` (a module) in-process; returns its FATAL lines (it must exit 1)."""
-    with pytest.raises(SystemExit) as exit_:
-        app.run(command.main, command.FLAGS, ["prog", *argv])
-    assert exit_.value.code == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return [line for line in err.splitlines() if line.startswith("FATAL: ")]
+    """Commands run in-process here configure logging: put back as it was after each test."""
+    with commands.restored_logging():
+        yield
 
 
 @pytest.fixture
@@ -88,32 +65,42 @@ def test_sweep_local_starts_exactly_as_main(tmp_path, started):
     assert started["train"] == [str(tmp_path / "run"), str(tmp_path / "study" / "seed_0")]
 
 
-def test_sweep_local_trains_on_mains_cpu_split(tmp_path, data_dir):
-    # Without the test's forced device count, `auto` splits the CPU as `main` does.
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory, data_dir):
+    """A local sweep of one smoke run (2 steps, a checkpoint at step 2, no sample grids)
+    started as a user would: a new process without the tests' forced device count (XLA_FLAGS
+    keeps only the tests' optimisation level, which leaves the split alone)."""
+    root = tmp_path_factory.mktemp("study")
+    flags = os.environ["XLA_FLAGS"].split()
+    xla_flags = " ".join(f for f in flags if "xla_force_host_platform_device_count" not in f)
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "mmgen_jax.sweep",
             SMOKE,
-            f"--root={tmp_path}",
+            f"--root={root}",
             "--seeds=0",
             f"--config.data.data_dir={data_dir}",
             "--config.train.batch_size=16",
             "--config.train.num_steps=2",
             "--config.train.checkpoint_every=2",
-            "--config.train.sample_every=2",
+            "--config.train.sample_every=0",
         ],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "XLA_FLAGS": xla_flags},
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    manifest = json.loads((tmp_path / "seed_0" / "manifest.json").read_text())
+    return root
+
+
+def test_sweep_local_trains_on_mains_cpu_split(sweep_root):
+    """Without the forced device count, `auto` splits the CPU as `main` does."""
+    manifest = json.loads((sweep_root / "seed_0" / "manifest.json").read_text())
     assert manifest["device_count"] == (distributed.cpu_devices("auto", 16, env={}) or 1)
 
 
@@ -144,14 +131,14 @@ def test_sweep_local_trains_on_mains_cpu_split(tmp_path, data_dir):
         ("--cpu_devices=3", "--cpu_devices=3 does not divide train.batch_size=8"),
     ],
 )
-def test_bad_config_is_one_line_before_anything_starts(tmp_path, capsys, started, override, line):
+def test_bad_config_is_one_line_before_anything_starts(tmp_path, started, override, line):
     argv = [SMOKE, f"--workdir={tmp_path}", override]
-    fatal = _fatal_lines(capsys, main, argv)
+    fatal = commands.fatal_lines(main, *argv)
     assert len(fatal) == 1 and fatal[0].startswith(f"FATAL: {line}"), fatal
     assert started["train"] == [] and started["initialize"] == []
 
 
-def test_every_config_problem_gets_its_own_line(tmp_path, capsys, started):
+def test_every_config_problem_gets_its_own_line(tmp_path, started):
     argv = [
         "--config=configs/vae.py:smoke",
         f"--workdir={tmp_path}",
@@ -162,7 +149,7 @@ def test_every_config_problem_gets_its_own_line(tmp_path, capsys, started):
         "--config.train.log_every=0",  # 0 = off: valid
         "--config.train.checkpoint_every=-3",
     ]
-    assert _fatal_lines(capsys, main, argv) == [
+    assert commands.fatal_lines(main, *argv) == [
         "FATAL: config.model.fusion='sum': use one of 'poe', 'moe'",
         "FATAL: config.model.joint_prior='learned': use one of 'standard', 'mixture'",
         "FATAL: config.train.image_likelihood='cauchy': use one of 'gaussian', 'laplace'",
@@ -179,18 +166,18 @@ def test_every_field_must_be_an_integer():
     ]
 
 
-def test_sweep_checks_the_config_before_submitting(tmp_path, capsys, started):
+def test_sweep_checks_the_config_before_submitting(tmp_path, started):
     argv = [SMOKE, f"--root={tmp_path}", "--launcher=slurm", "--dry_run"]
-    fatal = _fatal_lines(capsys, sweep, [*argv, "--config.train.update_order=random"])
+    fatal = commands.fatal_lines(sweep, *argv, "--config.train.update_order=random")
     assert fatal == [
         "FATAL: config.train.update_order='random': use one of 'alternating', 'simultaneous'"
     ]
 
 
-def test_benchmark_starts_through_the_same_checks(capsys, started):
-    fatal = _fatal_lines(capsys, benchmark, [SMOKE, "--config.model.g_impl=slow"])
+def test_benchmark_starts_through_the_same_checks(started):
+    fatal = commands.fatal_lines(benchmark, SMOKE, "--config.model.g_impl=slow")
     assert fatal == ["FATAL: config.model.g_impl='slow': use one of 'fast', 'textbook'"]
-    fatal = _fatal_lines(capsys, benchmark, ["--config=configs/gan.py:dcgan32", "--cpu_devices=5"])
+    fatal = commands.fatal_lines(benchmark, "--config=configs/gan.py:dcgan32", "--cpu_devices=5")
     assert fatal == [
         (
             "FATAL: --cpu_devices=5 does not divide train.batch_size=64: choose a divisor of "
@@ -199,36 +186,34 @@ def test_benchmark_starts_through_the_same_checks(capsys, started):
     ]
 
 
-def test_missing_flags_and_arguments_are_one_line(tmp_path, capsys):
-    assert _fatal_lines(capsys, main, [SMOKE]) == ["FATAL: --workdir is required: see --help"]
-    assert _fatal_lines(capsys, evaluate, ["--nope=1"]) == [
-        "FATAL: unknown flag --nope: see --help"
-    ]
-    assert _fatal_lines(capsys, caption_judge, [f"--samples_dir={tmp_path}", "extra"]) == [
+def test_missing_flags_and_arguments_are_one_line(tmp_path):
+    assert commands.fatal_lines(main, SMOKE) == ["FATAL: --workdir is required: see --help"]
+    assert commands.fatal_lines(evaluate, "--nope=1") == ["FATAL: unknown flag --nope: see --help"]
+    assert commands.fatal_lines(caption_judge, f"--samples_dir={tmp_path}", "extra") == [
         "FATAL: unexpected arguments: extra"
     ]
 
 
 @pytest.mark.parametrize("command", [evaluate, sample])
-def test_missing_workdir_is_one_line_and_verbose_raises(tmp_path, capsys, command):
+def test_missing_workdir_is_one_line_and_verbose_raises(tmp_path, command):
     argv = [f"--workdir={tmp_path / 'nope'}"]
     if command is sample:
         argv += ["--caption=a red seven", f"--out={tmp_path / 'grid.png'}"]
-    (fatal,) = _fatal_lines(capsys, command, argv)
+    (fatal,) = commands.fatal_lines(command, *argv)
     assert str(tmp_path / "nope") in fatal
     with pytest.raises((FileNotFoundError, ValueError)):
         app.run(command.main, command.FLAGS, ["prog", *argv, "--verbose"])
 
 
-def test_judges_read_their_folder_or_say_why_not(tmp_path, capsys):
+def test_judges_read_their_folder_or_say_why_not(tmp_path):
     for judge in (caption_judge, attribute_judge):
-        (fatal,) = _fatal_lines(capsys, judge, [f"--samples_dir={tmp_path / 'none'}"])
+        (fatal,) = commands.fatal_lines(judge, f"--samples_dir={tmp_path / 'none'}")
         assert "No such file or directory" in fatal and "index.jsonl" in fatal
     reference = "a red handwritten seven on a blue background"
     row = {"file": "000000.png", "caption": reference, "reference": reference}
     (tmp_path / "index.jsonl").write_text(json.dumps(row) + "\n")
-    app.run(caption_judge.main, caption_judge.FLAGS, ["judge", f"--samples_dir={tmp_path}"])
-    assert json.loads(capsys.readouterr().out) == {
+    out, _ = commands.run(caption_judge, f"--samples_dir={tmp_path}")
+    assert json.loads(out) == {
         "n": 1,
         "well_formed": 1.0,
         "label": 1.0,
@@ -236,16 +221,6 @@ def test_judges_read_their_folder_or_say_why_not(tmp_path, capsys):
         "bg": 1.0,
         "all": 1.0,
     }
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir):
-    config = load_config("gan", "smoke")
-    config.data.data_dir = data_dir
-    config.train.num_steps = 2
-    workdir = tmp_path_factory.mktemp("run")
-    train.train_and_evaluate(config, str(workdir))
-    return workdir
 
 
 def _library_lines(stderr):
@@ -258,7 +233,11 @@ def _library_lines(stderr):
     ]
 
 
-def test_sample_run_is_quiet_and_verbose_shows_tracebacks(tmp_path, run_dir):
+def test_sample_run_is_quiet_and_verbose_shows_tracebacks(tmp_path, sweep_root):
+    """A new process: its stderr holds no library log lines, an error is one FATAL line;
+    with --verbose the error is raised (a traceback) instead."""
+    run_dir = sweep_root / "seed_0"
+
     def sample_cmd(*args):
         return subprocess.run(
             [sys.executable, "-m", "mmgen_jax.sample", f"--workdir={run_dir}", *args],
@@ -282,8 +261,10 @@ def test_sample_run_is_quiet_and_verbose_shows_tracebacks(tmp_path, run_dir):
         line for line in result.stderr.splitlines() if line.startswith("FATAL: ")
     ]
     assert len(result.stderr.strip().splitlines()) == 1
-    verbose = sample_cmd(*missing, "--verbose")
-    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+    with pytest.raises((FileNotFoundError, ValueError)):
+        app.run(
+            sample.main, sample.FLAGS, ["sample", f"--workdir={run_dir}", *missing, "--verbose"]
+        )
 
 
 def test_help_lists_the_commands_and_shared_flags(capsys):
@@ -313,14 +294,12 @@ def test_help_lists_the_commands_and_shared_flags(capsys):
         ),
     ],
 )
-def test_what_a_user_can_cause_in_training_is_one_line(
-    tmp_path, capsys, monkeypatch, started, error, line
-):
+def test_what_a_user_can_cause_in_training_is_one_line(tmp_path, monkeypatch, started, error, line):
     def fails(config, workdir):
         raise error
 
     monkeypatch.setattr(train, "train_and_evaluate", fails)
-    assert _fatal_lines(capsys, main, [SMOKE, f"--workdir={tmp_path}"]) == [line]
+    assert commands.fatal_lines(main, SMOKE, f"--workdir={tmp_path}") == [line]
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch, started):

@@ -3,16 +3,16 @@
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 
+import commands
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT, load_config
 
-from mmgen_jax import runs, train
+from mmgen_jax import config_variants, runs, train
+from mmgen_jax import evaluate as evaluate_command
 from mmgen_jax.data import digits_domain as dd
 from mmgen_jax.data import domains, tokenizer
 from mmgen_jax.evaluation import metrics, settings, suite
@@ -124,24 +124,15 @@ def test_training_logs_eval_metrics_and_keeps_the_best_checkpoint(gan_dir):
     assert (gan_dir / "checkpoints" / "6").exists()  # resuming still finds the latest
 
 
-def _evaluate(*args, check=True):
-    return subprocess.run(
-        [sys.executable, "-m", "mmgen_jax.evaluate", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=check,
-    )
-
-
 def test_evaluate_prints_the_table_and_writes_the_report(gan_dir, evaluator_dir):
-    result = _evaluate(f"--workdir={gan_dir}", f"--evaluator_workdir={evaluator_dir}", "--judge")
-    assert "generated (step 6)" in result.stdout and "real train vs test" in result.stdout
-    assert "read by the judge" in result.stdout
+    stdout, _ = commands.run(
+        evaluate_command, f"--workdir={gan_dir}", f"--evaluator_workdir={evaluator_dir}", "--judge"
+    )
+    assert "generated (step 6)" in stdout and "real train vs test" in stdout
+    assert "read by the judge" in stdout
     headers = ("FD", "KID", "precision", "recall", "diversity", "HF power", "consistent", "seen")
     for header in (*headers, "held-out", "phrasings"):
-        assert header in result.stdout
+        assert header in stdout
     report = json.loads((gan_dir / "eval" / "step_6.json").read_text())
     assert report["num_samples"] == 64 and report["reference_split"] == "train"
     assert report["feature_network"]["name"] == "evaluator"
@@ -241,8 +232,11 @@ def test_caption_metrics_of_a_family_that_describes(gan_dir, evaluator_dir, data
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory, data_dir, evaluator_dir):
     """A smoke VAE run (its config's model.joint_prior: a mixture of 4 components), evaluated
-    at its end (step 6); workdir/fitted.json lists the priors that evaluation fitted."""
+    at its end (step 6); workdir/fitted.json lists the priors that evaluation fitted. Its eval
+    section is the smoke one of configs/gan.py (configs/vae.py:smoke keeps the full-size one:
+    1,800 test examples, KID on 50 subsets of 500)."""
     config = load_config("vae", "smoke")
+    config_variants.sibling(ROOT / "configs" / "vae.py", "common").smoke_eval(config)
     config.data.data_dir = data_dir
     config.train.eval_every = 6
     config.eval.evaluator_workdir = str(evaluator_dir)
@@ -260,7 +254,25 @@ def vae_dir(tmp_path_factory, data_dir, evaluator_dir):
     return workdir
 
 
-def test_evaluate_reports_the_test_likelihood_of_a_vae(vae_dir, evaluator_dir):
+@pytest.fixture(scope="module")
+def vae_report(vae_dir, evaluator_dir):
+    """The VAE run evaluated without likelihood (eval.iwae_samples=0), its prior the run's:
+    (the report, the report as saved, the mixtures (or None) Suite.joint sampled z from)."""
+    drawn_with, joint = [], suite.Suite.joint
+
+    def spy(self, family, variables):
+        drawn_with.append(variables.get("latent_mixture"))
+        return joint(self, family, variables)
+
+    overrides = {"evaluator_workdir": str(evaluator_dir), "iwae_samples": 0}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(suite.Suite, "joint", spy)
+        report = evaluate.evaluate(str(vae_dir), overrides=overrides, reference=False)
+    saved = json.loads((vae_dir / "eval" / "step_6.json").read_text())
+    return report, saved, drawn_with
+
+
+def test_evaluate_reports_the_test_likelihood_of_a_vae(vae_dir, evaluator_dir, vae_report):
     workdir = str(vae_dir)
     overrides = {"evaluator_workdir": str(evaluator_dir), "iwae_samples": 4}
     report = evaluate.evaluate(workdir, overrides=overrides, reference=False)
@@ -271,8 +283,8 @@ def test_evaluate_reports_the_test_likelihood_of_a_vae(vae_dir, evaluator_dir):
     assert generated["log_p_text"] < 0  # a probability of discrete tokens
     assert "likelihood (IWAE bound, K=4, nats per test example)" in evaluate.table(report)
     # 0 measures no likelihood; a negative count is refused with the fix.
-    overrides["iwae_samples"] = 0
-    report = evaluate.evaluate(workdir, overrides=overrides, reference=False)
+    report = vae_report[0]
+    assert report["settings"]["iwae_samples"] == 0
     assert "log_p_joint" not in report["generated"] and "likelihood" not in evaluate.table(report)
     overrides["iwae_samples"] = -1
     with pytest.raises(ValueError, match=r"eval.iwae_samples=-1: use a count >= 1"):
@@ -294,24 +306,14 @@ def _copy_with_model_fields(workdir, to, **changes):
 
 
 def test_evaluate_draws_joint_samples_from_the_runs_prior(
-    vae_dir, evaluator_dir, tmp_path, monkeypatch
+    vae_dir, evaluator_dir, vae_report, tmp_path, monkeypatch
 ):
-    drawn_with = []  # the mixture (or None) each Suite.joint call samples z from
-    joint = suite.Suite.joint
-
-    def spy(self, family, variables):
-        drawn_with.append(variables.get("latent_mixture"))
-        return joint(self, family, variables)
-
-    monkeypatch.setattr(suite.Suite, "joint", spy)
     # During training: the mixture too, fitted for the evaluation at step 6.
     assert json.loads((vae_dir / "fitted.json").read_text()) == ["mixture"]
     logged = [r for r in _rows(vae_dir / "metrics.jsonl") if "eval/joint_coherence" in r]
     assert [r["step"] for r in logged] == [6]
-    overrides = {"evaluator_workdir": str(evaluator_dir), "iwae_samples": 0}
-    report = evaluate.evaluate(str(vae_dir), overrides=overrides, reference=False)
+    report, saved, drawn_with = vae_report
     assert report["joint_prior"] == "mixture"  # the smoke config's
-    saved = json.loads((vae_dir / "eval" / "step_6.json").read_text())
     assert saved["joint_prior"] == "mixture"
     assert 0.0 <= report["generated"]["joint_coherence"] <= 1.0
     # Fitted once, with the config's components and examples, from eval.seed.
@@ -322,16 +324,25 @@ def test_evaluate_draws_joint_samples_from_the_runs_prior(
     )["latent_mixture"]
     assert len(drawn_with) == 1 and drawn_with[0]["means"].shape == (4, 8)
     np.testing.assert_array_equal(drawn_with[0]["means"], expected["means"])
+    drawn_with = []  # the mixture (or None) each Suite.joint call samples z from
+    joint = suite.Suite.joint
+
+    def spy(self, family, variables):
+        drawn_with.append(variables.get("latent_mixture"))
+        return joint(self, family, variables)
+
+    monkeypatch.setattr(suite.Suite, "joint", spy)
     # The override wins.
+    overrides = {"evaluator_workdir": str(evaluator_dir), "iwae_samples": 0}
     report = evaluate.evaluate(
         str(vae_dir), overrides=overrides, reference=False, joint_prior="standard"
     )
-    assert report["joint_prior"] == "standard" and drawn_with[-1] is None
+    assert report["joint_prior"] == "standard" and drawn_with == [None]
     # A run trained before the fields existed: N(0, I).
     absent = dict.fromkeys(runs.JOINT_PRIOR_DEFAULTS)
     old = _copy_with_model_fields(vae_dir, tmp_path / "old", **absent)
     report = evaluate.evaluate(old, overrides=overrides, reference=False)
-    assert report["joint_prior"] == "standard" and drawn_with[-1] is None
+    assert report["joint_prior"] == "standard" and drawn_with == [None, None]
     # An unknown prior in config.json: one line naming it and the choices;
     # on the command line, --joint_prior overrides it.
     bad = _copy_with_model_fields(vae_dir, tmp_path / "bad", joint_prior="vamp")
@@ -340,23 +351,15 @@ def test_evaluate_draws_joint_samples_from_the_runs_prior(
     assert str(error.value) == (
         "model.joint_prior (the run's config.json)='vamp': use one of 'standard', 'mixture'"
     )
-    result = _evaluate(
+    flags = [
         f"--workdir={bad}",
         f"--evaluator_workdir={evaluator_dir}",
         "--iwae_samples=0",
         "--noreference",
-        check=False,
-    )
-    fatal = [line for line in result.stderr.splitlines() if line.startswith("FATAL")]
-    assert result.returncode == 1 and fatal == [f"FATAL: {error.value}"]
-    result = _evaluate(
-        f"--workdir={bad}",
-        f"--evaluator_workdir={evaluator_dir}",
-        "--iwae_samples=0",
-        "--noreference",
-        "--joint_prior=mixture",
-    )
-    assert "4 Gaussians fitted to the codes of 64 training pairs" in result.stderr
+    ]
+    assert commands.fatal_lines(evaluate_command, *flags) == [f"FATAL: {error.value}"]
+    _, stderr = commands.run(evaluate_command, *flags, "--joint_prior=mixture")
+    assert "4 Gaussians fitted to the codes of 64 training pairs" in stderr
     assert json.loads((tmp_path / "bad" / "eval" / "step_6.json").read_text())["joint_prior"] == (
         "mixture"
     )
