@@ -88,23 +88,8 @@ def run_command(command, *argv):
 
 @pytest.fixture
 def restore_logging():
-    """Commands run in-process configure logging for a terminal (our logger stops
-    propagating, its handler writes to this test's stderr); later tests' caplog and
-    subprocesses' environment need it as it was."""
-    import logging
+    """Logging as it was before the test, whatever the commands it ran in-process set."""
+    from commands import restored_logging
 
-    from absl import logging as absl_logging
-
-    cpp_level = os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    names = ("mmgen_jax", "jax", "orbax", "tensorflow_datasets", "grain")
-    loggers = [logging.getLogger(n) for n in names]
-    saved = [(lg.propagate, list(lg.handlers), lg.level) for lg in loggers]
-    verbosity = absl_logging.get_verbosity()
-    yield
-    for lg, (propagate, handlers, level) in zip(loggers, saved, strict=True):
-        lg.propagate, lg.handlers[:] = propagate, handlers
-        lg.setLevel(level)
-    absl_logging.set_verbosity(verbosity)
-    os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    if cpp_level is not None:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = cpp_level
+    with restored_logging():
+        yield
