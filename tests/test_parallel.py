@@ -52,7 +52,10 @@ def test_steps_per_dispatch_equals_single_steps(smoke_config):
 
     assert int(s2.step) == 4
     _assert_trees_close(jax.device_get(metrics2), jax.device_get(metrics1))
-    _assert_trees_close(jax.device_get(s2), jax.device_get(s1))
+    # Inside the scan XLA may order a reduction differently than in the single step; Adam
+    # divides the gradient by its own scale, so a last-bit difference moves a parameter by up
+    # to a few 1e-6 over four steps (seen: 4.1e-6 on one weight of 16,384).
+    _assert_trees_close(jax.device_get(s2), jax.device_get(s1), atol=2e-5)
 
 
 def test_bfloat16_compute_keeps_float32_params(smoke_config):
