@@ -169,9 +169,10 @@ def test_generate_guidance_uses_the_conditional_and_the_empty_caption_branches(v
     cond = conditional(variables, tokens)
     uncond = conditional(variables, flow.empty_captions(jnp.asarray(tokens)))
     assert np.abs(cond - uncond).max() > 1e-3  # the caption matters to these parameters
-    # w = 0 draws from the empty caption, whatever the caption.
+    # w = 0 draws from the empty caption, whatever the caption: another compiled program, so
+    # equal up to rounding accumulated over the ODE steps (2.7e-6 seen), far below 1e-3.
     np.testing.assert_allclose(
-        _sampler(_family(guidance=0.0))(variables, tokens), uncond, atol=1e-6
+        _sampler(_family(guidance=0.0))(variables, tokens), uncond, atol=2e-5
     )
     # The two-branch combination (w not 0 or 1) is checked step by step below.
 
