@@ -1,5 +1,6 @@
 """The family-agnostic training loop: init-or-resume, step, log, checkpoint, sample."""
 
+import collections
 import functools
 import json
 import logging
@@ -78,7 +79,8 @@ def _train(config, workdir, is_main):
     )
 
     rng = jax.random.PRNGKey(config.seed)
-    state, start = _restore_or_init(family, ckpt, stream, rng, mesh, config.get("init_from"))
+    init = _init_program(family, config, mesh)
+    state, start = _restore_or_init(family, init, ckpt, stream, rng, mesh, config.get("init_from"))
     _write_run_files(config, workdir, is_main, start)
 
     num_steps = config.train.num_steps
@@ -100,9 +102,7 @@ def _train(config, workdir, is_main):
         return state
 
     k = _steps_per_dispatch(config, start)
-    train_step = parallel.data_parallel(
-        with_finite_flag(family.train_step), mesh, steps_per_dispatch=k
-    )
+    train_step = _step_program(family, config, mesh, k)
     batches = parallel.Prefetcher(
         stream if k == 1 else parallel.Grouped(stream, k),
         lambda b: parallel.global_batch(family.device_batch(b), mesh, stacked=k > 1),
@@ -177,18 +177,66 @@ def itstime(step, every, last=False):
     return every > 0 and (step % every == 0 or last)
 
 
-def _restore_or_init(family, ckpt, stream, rng, mesh, init_from=None):
+# The jitted programs of the last few experiments this process trained, so that a run of
+# the same experiment later in the process (resumed, repeated: a notebook, the tests)
+# neither traces nor compiles them again. Keyed by the family's class and the config less
+# the fields a resumed run may change: a family's programs depend on those alone.
+_PROGRAMS = collections.OrderedDict()
+_PROGRAMS_KEPT = 8
+
+
+def _program(kind, family, config, mesh, make):
+    experiment = {
+        k: v
+        for k, v in run_config.flatten(json.loads(config.to_json())).items()
+        if k not in RESUMABLE_CHANGES
+    }
+    key = (kind, type(family), json.dumps(experiment, sort_keys=True), mesh)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = make()
+        while len(_PROGRAMS) > _PROGRAMS_KEPT:
+            _PROGRAMS.popitem(last=False)
+    _PROGRAMS.move_to_end(key)
+    return _PROGRAMS[key]
+
+
+def _init_program(family, config, mesh):
+    """`family.init` jitted, its state replicated over `mesh`."""
+    return _program(
+        "init",
+        family,
+        config,
+        mesh,
+        lambda: jax.jit(family.init, out_shardings=parallel.replicated(mesh)),
+    )
+
+
+def _step_program(family, config, mesh, k):
+    """The data-parallel step with the finite flag, `k` steps per dispatch."""
+    return _program(
+        ("step", k),
+        family,
+        config,
+        mesh,
+        lambda: parallel.data_parallel(
+            with_finite_flag(family.train_step), mesh, steps_per_dispatch=k
+        ),
+    )
+
+
+def _restore_or_init(family, init, ckpt, stream, rng, mesh, init_from=None):
     """Resumes from the workdir's latest checkpoint, else starts from the parameters of the
-    run `init_from` (a workdir), else initialises. -> (state, step)."""
+    run `init_from` (a workdir), else initialises with `init` (`_init_program`).
+    -> (state, step)."""
     replicated = parallel.replicated(mesh)
     latest = ckpt.intact_step()  # a damaged latest step is reported and set aside
     if latest is None:
-        state = jax.jit(family.init, out_shardings=replicated)(rng)
+        state = init(rng)
         if init_from:
             state = base.adopt(state, _load_other_run(family, init_from, state, replicated))
             log.info("Starting from the parameters of %s.", init_from)
         return state, 0
-    target = checkpoint.abstract(jax.eval_shape(family.init, rng), replicated)
+    target = checkpoint.abstract(init.eval_shape(rng), replicated)
     state, data_state = ckpt.restore(target, latest)
     stream.set_state(data_state)
     log.info("Resumed from checkpoint at step %d.", latest)
