@@ -113,7 +113,9 @@ def _train(config, workdir, is_main):
     draws = family.can(base.TEXT_TO_IMAGE) or family.can(base.JOINT)
     samples = None
     if is_main and draws and config.train.sample_every:
-        samples = _SampleGrid(config, family, data_dir, workdir)
+        samples = _SampleGrid(
+            config, family, data_dir, workdir, _grid_program(family, config, mesh)
+        )
     evaluation = during_training.create(config, family, data_dir, workdir)
     # WORKDIR/report.html (curves, grids, config), rewritten off this thread.
     page = report.BackgroundReport(
@@ -224,6 +226,18 @@ def _step_program(family, config, mesh, k):
     )
 
 
+def _grid_program(family, config, mesh):
+    """`family.grid_columns` jitted with the config's number of columns."""
+    cols = config.train.sample_cols
+    return _program(
+        "grid",
+        family,
+        config,
+        mesh,
+        lambda: jax.jit(functools.partial(family.grid_columns, cols=cols)),
+    )
+
+
 def _restore_or_init(family, init, ckpt, stream, rng, mesh, init_from=None):
     """Resumes from the workdir's latest checkpoint, else starts from the parameters of the
     run `init_from` (a workdir), else initialises with `init` (`_init_program`).
@@ -329,9 +343,10 @@ def _mean_metrics(pending, step, nan_hint, workdir):
 
 class _SampleGrid:
     """Fixed captions from the eval split, their real images, and the columns the family's
-    capabilities draw from them (`Family.grid_columns`) with the sampling variables."""
+    capabilities draw from them with the sampling variables (`columns`: its
+    `Family.grid_columns`, jitted by `_grid_program`)."""
 
-    def __init__(self, config, family, data_dir, workdir):
+    def __init__(self, config, family, data_dir, workdir, columns):
         t, d = config.train, config.data
         # A user's folder may have fewer eval examples than rows.
         examples = pipeline.eval_batch(
@@ -352,7 +367,7 @@ class _SampleGrid:
         self._decode = tokenizer.by_name(d.get("tokenizer", "bytes")).decode
         self.dir = os.path.join(workdir, "samples")
         os.makedirs(self.dir, exist_ok=True)
-        self._columns = jax.jit(functools.partial(family.grid_columns, cols=t.sample_cols))
+        self._columns = columns
 
     def write(self, step, state, writer):
         # Process 0 samples on its first device from its own copy of the replicated state.
