@@ -29,7 +29,9 @@ names the method that provides it:
                  log p(t) in nats per example (e.g. importance-weighted, num_samples draws)
 
 Example i of any of these uses randomness fold_in(key, indices[i]) only, so results do not
-depend on the batch size or the device count.
+depend on the batch size or the device count. What these functions compute depends on the
+family's class and its config alone: the loop reuses its jitted `init`, step and grid for a
+later run of the same experiment in one process.
 """
 
 import abc
