@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, copy_run
 
-from mmgen_jax import checkpoint, families, train
+from mmgen_jax import checkpoint, families, parallel, train
 
 
 def _main_command(workdir, data_dir, *overrides):
@@ -175,3 +175,30 @@ def test_a_diverged_state_is_never_checkpointed(tmp_path, smoke_config, monkeypa
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
     finally:
         ckpt.close()
+
+
+def test_a_later_run_of_the_same_experiment_reuses_its_programs(smoke_config):
+    """The loop's jitted init, step and grid are kept per experiment: a resumable field
+    (num_steps) keeps them; a model field, the family's class or the mesh does not."""
+    mesh = parallel.make_mesh()
+
+    def programs(config, cls=families.GAN, mesh=mesh):
+        family = cls(config, axis_name=parallel.AXIS)
+        return (
+            train._init_program(family, config, mesh),
+            train._step_program(family, config, mesh, 1),
+            train._grid_program(family, config, mesh),
+        )
+
+    first = programs(smoke_config)
+    smoke_config.train.num_steps += 10
+    assert all(a is b for a, b in zip(programs(smoke_config), first, strict=True))
+
+    class Subclass(families.GAN):
+        pass
+
+    smaller = parallel.make_mesh(jax.devices()[:1])
+    for other in (programs(smoke_config, Subclass), programs(smoke_config, mesh=smaller)):
+        assert not any(a is b for a, b in zip(other, first, strict=True))
+    smoke_config.model.noise_dim += 1
+    assert not any(a is b for a, b in zip(programs(smoke_config), first, strict=True))
