@@ -103,24 +103,3 @@ def restore_logging():
 
     with restored_logging():
         yield
-
-
-# The longest files (seconds each on 2 cores, cold), handed to the two xdist workers first
-# (`--dist loadfile` deals files out in collection order): the short ones then fill in at the
-# end, instead of one worker finishing a long file (alphabetically last: test_vae_trained)
-# while the other idles.
-_LONGEST_FIRST = (
-    "test_contract.py",  # ~90
-    "test_minilm.py",  # ~85
-    "test_train.py",  # ~70
-    "test_evaluate.py",  # ~60
-    "test_vae_trained.py",  # ~45
-    "test_benchmark.py",  # ~35
-    "test_inception.py",  # ~30
-    "test_vae.py",  # ~30
-)
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
