@@ -183,8 +183,8 @@ def itstime(step, every, last=False):
 # the same experiment later in the process (resumed, repeated: a notebook, the tests)
 # neither traces nor compiles them again. Keyed by the family's class and the config less
 # the fields a resumed run may change: a family's programs depend on those alone.
-_PROGRAMS = collections.OrderedDict()
-_PROGRAMS_KEPT = 8
+_PROGRAMS = collections.OrderedDict()  # (class, experiment, mesh) -> {kind: program}
+_EXPERIMENTS_KEPT = 8
 
 
 def _program(kind, family, config, mesh, make):
@@ -193,13 +193,14 @@ def _program(kind, family, config, mesh, make):
         for k, v in run_config.flatten(json.loads(config.to_json())).items()
         if k not in RESUMABLE_CHANGES
     }
-    key = (kind, type(family), json.dumps(experiment, sort_keys=True), mesh)
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = make()
-        while len(_PROGRAMS) > _PROGRAMS_KEPT:
-            _PROGRAMS.popitem(last=False)
-    _PROGRAMS.move_to_end(key)
-    return _PROGRAMS[key]
+    key = (type(family), json.dumps(experiment, sort_keys=True), mesh)
+    programs = _PROGRAMS.pop(key, {})
+    _PROGRAMS[key] = programs  # the most recent experiment last
+    while len(_PROGRAMS) > _EXPERIMENTS_KEPT:
+        _PROGRAMS.popitem(last=False)
+    if kind not in programs:
+        programs[kind] = make()
+    return programs[kind]
 
 
 def _init_program(family, config, mesh):
