@@ -32,6 +32,7 @@ def get_config(arg=None):
     m.text_width = 64  # hidden width of the caption encoder (and of its token states)
     m.text_layers = 2  # caption encoder depth
     m.text_dim = 128  # pooled caption embedding size
+    m.num_classes = 10  # classes of the dataset's label (used when train.aux_classifier_weight > 0)
     m.sampler = "euler"  # ODE solver from noise (t=1) to image (t=0): "euler" or "heun"
     m.sample_steps = 8  # ODE steps per image (heun: two network calls per step)
     m.guidance = 2.0  # classifier-free guidance scale w: 1 = conditional, 0 = unconditional
@@ -45,6 +46,9 @@ def get_config(arg=None):
     t.time_sampling = "logit_normal"  # training times t: "uniform" or "logit_normal"
     t.logit_mean = 0.0  # logit_normal: mean of logit(t)
     t.logit_std = 1.0  # logit_normal: standard deviation of logit(t)
+    # Where the dataset has labels: a head on the pooled caption names them, so the caption
+    # encoder learns to read the label (cross-entropy weight; 0 = captions only).
+    t.aux_classifier_weight = 1.0
     t.caption_dropout = 0.1  # share of captions replaced by the empty one (for guidance)
     t.ema_decay = 0.995  # EMA of params used for sampling (0 = no EMA)
     t.sample_rows = 8  # eval examples in a sample grid

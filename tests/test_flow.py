@@ -118,13 +118,18 @@ def test_caption_dropout_replaces_captions_by_the_empty_one():
     empty[0] = tokenizer.EOS
     np.testing.assert_array_equal(flow.empty_captions(tokens)[3], empty)
     assert tokenizer.decode(empty) == ""
-    np.testing.assert_array_equal(flow.drop_captions(key, index, tokens, 0.0), tokens)
-    dropped = np.asarray(flow.drop_captions(key, index, tokens, 0.5))
+    none_dropped, all_kept = flow.drop_captions(key, index, tokens, 0.0)
+    np.testing.assert_array_equal(none_dropped, tokens)
+    assert np.all(all_kept)
+    dropped, kept = map(np.asarray, flow.drop_captions(key, index, tokens, 0.5))
     is_empty = (dropped == empty).all(1)
     assert 0 < is_empty.sum() < 16
+    np.testing.assert_array_equal(kept, ~is_empty)  # what the caption label loss counts
     np.testing.assert_array_equal(dropped[~is_empty], np.asarray(tokens)[~is_empty])
     # Per example: the same index is dropped or kept whatever batch it comes in.
-    np.testing.assert_array_equal(flow.drop_captions(key, index[8:], tokens[8:], 0.5), dropped[8:])
+    np.testing.assert_array_equal(
+        flow.drop_captions(key, index[8:], tokens[8:], 0.5)[0], dropped[8:]
+    )
 
 
 @pytest.mark.parametrize("kind", flow.TIME_SAMPLINGS)
@@ -256,8 +261,9 @@ def test_cross_attention_switch_adds_attention_that_reads_the_tokens():
     assert np.abs(v - jax.jit(no_attention.apply)(kept, x, t, tokens)).max() > 1e-4
 
 
-def test_training_lowers_the_loss_on_a_fixed_batch():
+def test_training_lowers_the_loss_and_the_caption_label_loss_on_a_fixed_batch():
     config = load_config("flow", "smoke")
+    assert config.train.aux_classifier_weight > 0  # the caption label head is on
     config.train.lr = 1e-2
     family = families.get("flow")(config)
     state = jax.jit(family.init)(jax.random.PRNGKey(0))
@@ -270,13 +276,16 @@ def test_training_lowers_the_loss_on_a_fixed_batch():
     )
     stacked = jax.tree.map(lambda x: x[None], state)
     one = jax.tree.map(lambda x: x[None], batch)
-    losses = []
+    losses, label_losses = [], []
     for i in range(30):
         # The same images each step, fresh noise and times (the step counter moves).
         stacked, metrics = step(stacked, one)
         losses.append(float(metrics["loss"][0]))
+        label_losses.append(float(metrics["caption_class"][0]))
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    # The head learns which label each caption names.
+    assert np.mean(label_losses[-5:]) < 0.5 * np.mean(label_losses[:5]), label_losses
 
 
 def test_bad_sampling_and_time_fields_name_the_field():

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmgen_jax import losses
 from mmgen_jax.data import tokenizer
 from mmgen_jax.families import base
 from mmgen_jax.models import text as text_lib
@@ -95,10 +96,11 @@ def empty_captions(tokens):
 
 
 def drop_captions(key, index, tokens, rate):
-    """Each example's caption replaced by the empty one with probability `rate`."""
+    """Each example's caption replaced by the empty one with probability `rate`.
+    -> (tokens, kept (B,) bool: the caption is still the example's own)."""
     keys = base.example_keys(key, index)
     drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate))(keys)
-    return jnp.where(drop[:, None], empty_captions(tokens), tokens)
+    return jnp.where(drop[:, None], empty_captions(tokens), tokens), ~drop
 
 
 # ---- the family ------------------------------------------------------------------------
@@ -144,6 +146,7 @@ class Flow(base.Family):
                 cond_dim=m.cond_dim,
                 dtype=dtype,
             ),
+            num_classes=m.num_classes if t.aux_classifier_weight else 0,
         )
         tx = optax.adam(t.lr, b1=t.b1, b2=t.b2)
         self.tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), tx) if t.grad_clip else tx
@@ -155,7 +158,9 @@ class Flow(base.Family):
         key_params, key_run = jax.random.split(rng)
         images = jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32)
         tokens = jnp.zeros((1, d.max_text_len), jnp.int32)
-        params = self.net.init(key_params, images, jnp.zeros((1,)), tokens)["params"]
+        params = self.net.init(
+            key_params, images, jnp.zeros((1,)), tokens, method="with_caption_classes"
+        )["params"]
         return base.network_state(params, self.tx, key_run)
 
     def device_batch(self, batch):
@@ -163,7 +168,8 @@ class Flow(base.Family):
         return base.captioned_batch(batch, self.config)
 
     def example_batch(self, batch_size, seed):
-        return base.synthetic_batch(self.config, batch_size, seed)
+        labels = {"label": self.config.model.num_classes} if self.net.num_classes else None
+        return base.synthetic_batch(self.config, batch_size, seed, labels=labels)
 
     def sampling_variables(self, state: base.NetworkState):
         """The EMA parameters (or the live ones when EMA is off)."""
@@ -179,19 +185,32 @@ class Flow(base.Family):
         times = sample_times(
             jax.random.fold_in(key, 1), index, t.time_sampling, t.logit_mean, t.logit_std
         )
-        tokens = drop_captions(jax.random.fold_in(key, 2), index, batch["text"], t.caption_dropout)
+        tokens, kept = drop_captions(
+            jax.random.fold_in(key, 2), index, batch["text"], t.caption_dropout
+        )
 
         def loss_fn(params):
-            velocity = lambda x, s: self.net.apply({"params": params}, x, s, tokens)
+            apply = lambda method, *a: self.net.apply({"params": params}, *a, method=method)
+            text = apply("encode", tokens)
+            velocity = lambda x, s: apply("velocity", x, s, text)
             loss, _ = flow_matching_loss(velocity, images, eps, times)
-            return loss
+            metrics = {"loss": loss}
+            if "label" in batch:
+                # The label of the examples whose caption was kept (the empty one names none).
+                metrics["caption_class"] = losses.classification_loss(
+                    apply("caption_classes", text), batch["label"], kept.astype(jnp.float32)
+                )
+                loss = loss + t.aux_classifier_weight * metrics["caption_class"]
+            return loss, metrics
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = jax.lax.pmean(grads, self.axis_name)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = base.ema_update(state.ema_params, params, state.step, t.ema_decay)
-        metrics = jax.lax.pmean({"loss": loss, "grad_norm": optax.tree.norm(grads)}, self.axis_name)
+        metrics = jax.lax.pmean(
+            {**metrics, "grad_norm": optax.tree.norm(grads)}, self.axis_name
+        )
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
         )

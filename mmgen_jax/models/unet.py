@@ -159,10 +159,18 @@ class UNet(nn.Module):
 class TextToVelocity(nn.Module):
     """The caption encoder (models/text.py, as the GAN and VAE use it) feeding the U-Net.
 
-    `encode` runs once per caption batch; `velocity` reads its result at every ODE step."""
+    `encode` runs once per caption batch; `velocity` reads its result at every ODE step.
+    With `num_classes` > 0, `caption_classes` names the label from the pooled caption: a
+    training signal that teaches the encoder to read the label where the dataset has one
+    (the velocity loss alone reaches the encoder only through FiLM, weakly)."""
 
     encoder: text_lib.TextEncoder
     unet: UNet
+    num_classes: int = 0
+
+    def setup(self):
+        if self.num_classes:
+            self.text_classes = nn.Dense(self.num_classes)
 
     def encode(self, tokens):
         """-> (pooled caption (B, D), token states (B, L, W), mask of real tokens (B, L))."""
@@ -174,5 +182,16 @@ class TextToVelocity(nn.Module):
             states = valid = None
         return self.unet(x, t, pooled, states, valid)
 
+    def caption_classes(self, text):
+        """Label logits (B, num_classes) from the pooled caption of `encode`."""
+        return self.text_classes(text[0]).astype(jnp.float32)
+
     def __call__(self, x, t, tokens):
         return self.velocity(x, t, self.encode(tokens))
+
+    def with_caption_classes(self, x, t, tokens):
+        """The velocity and the label logits (None without a label head): every parameter
+        is used, so `init` builds them all through this method."""
+        text = self.encode(tokens)
+        logits = self.caption_classes(text) if self.num_classes else None
+        return self.velocity(x, t, text), logits
