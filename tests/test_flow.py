@@ -132,6 +132,30 @@ def test_caption_dropout_replaces_captions_by_the_empty_one():
     )
 
 
+def test_caption_label_loss_averages_the_kept_captions_however_the_batch_is_split():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.standard_normal((8, 10), dtype=np.float32))
+    labels = jnp.asarray(rng.integers(0, 10, 8))
+    kept = jnp.asarray([1, 1, 1, 0, 0, 0, 1, 0], bool)  # 3 kept on shard 0, 1 on shard 1
+    nll = -jax.nn.log_softmax(logits)[np.arange(8), labels]
+    want = float(jnp.sum(jnp.where(kept, nll, 0)) / 4)
+
+    def over(num_shards):
+        split = lambda x: x.reshape(num_shards, -1, *x.shape[1:])
+        shares = jax.vmap(
+            lambda *a: jax.lax.pmean(flow.kept_caption_label_loss(*a, "data"), "data"),
+            axis_name="data",
+        )(split(logits), split(labels), split(kept))
+        return np.asarray(shares)
+
+    np.testing.assert_allclose(over(1), [want], rtol=1e-6)
+    np.testing.assert_allclose(over(2), [want, want], rtol=1e-6)
+    none_kept = jax.vmap(
+        lambda *a: flow.kept_caption_label_loss(*a, "data"), axis_name="data"
+    )(logits[None], labels[None], jnp.zeros((1, 8), bool))
+    assert float(none_kept[0]) == 0.0
+
+
 @pytest.mark.parametrize("kind", flow.TIME_SAMPLINGS)
 def test_training_times_lie_in_0_1_and_depend_on_the_index_only(kind):
     key, index = jax.random.PRNGKey(4), jnp.arange(4000, dtype=jnp.uint32)

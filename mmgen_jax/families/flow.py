@@ -103,6 +103,18 @@ def drop_captions(key, index, tokens, rate):
     return jnp.where(drop[:, None], empty_captions(tokens), tokens), ~drop
 
 
+def kept_caption_label_loss(logits, labels, kept, axis_name):
+    """This device's share of the label head's cross-entropy averaged over the captions
+    kept by caption dropout (the empty one names no label) in the whole batch: its
+    `pmean` over `axis_name` is that average however the batch is split over devices
+    (a per-device average would weigh devices with fewer kept captions more)."""
+    kept = kept.astype(jnp.float32)
+    num_devices = jax.lax.psum(1.0, axis_name)
+    num_kept = jax.lax.psum(jnp.sum(kept), axis_name)
+    total = jnp.sum(kept * losses.cross_entropy(logits, labels))
+    return num_devices * total / jnp.maximum(num_kept, 1.0)
+
+
 # ---- the family ------------------------------------------------------------------------
 
 
@@ -196,9 +208,8 @@ class Flow(base.Family):
             loss, _ = flow_matching_loss(velocity, images, eps, times)
             metrics = {"loss": loss}
             if "label" in batch:
-                # The label of the examples whose caption was kept (the empty one names none).
-                metrics["caption_class"] = losses.classification_loss(
-                    apply("caption_classes", text), batch["label"], kept.astype(jnp.float32)
+                metrics["caption_class"] = kept_caption_label_loss(
+                    apply("caption_classes", text), batch["label"], kept, self.axis_name
                 )
                 loss = loss + t.aux_classifier_weight * metrics["caption_class"]
             return loss, metrics
