@@ -150,9 +150,9 @@ def test_caption_label_loss_averages_the_kept_captions_however_the_batch_is_spli
 
     np.testing.assert_allclose(over(1), [want], rtol=1e-6)
     np.testing.assert_allclose(over(2), [want, want], rtol=1e-6)
-    none_kept = jax.vmap(
-        lambda *a: flow.kept_caption_label_loss(*a, "data"), axis_name="data"
-    )(logits[None], labels[None], jnp.zeros((1, 8), bool))
+    none_kept = jax.vmap(lambda *a: flow.kept_caption_label_loss(*a, "data"), axis_name="data")(
+        logits[None], labels[None], jnp.zeros((1, 8), bool)
+    )
     assert float(none_kept[0]) == 0.0
 
 

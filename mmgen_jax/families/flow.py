@@ -219,9 +219,7 @@ class Flow(base.Family):
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = base.ema_update(state.ema_params, params, state.step, t.ema_decay)
-        metrics = jax.lax.pmean(
-            {**metrics, "grad_norm": optax.tree.norm(grads)}, self.axis_name
-        )
+        metrics = jax.lax.pmean({**metrics, "grad_norm": optax.tree.norm(grads)}, self.axis_name)
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
         )
