@@ -25,6 +25,7 @@ def get_config(arg=None):
     m.channel_mults = (1, 2, 4)  # channel multiplier per resolution level (32, 16, 8 px)
     m.num_res_blocks = 1  # residual blocks per level, on the way down and on the way up
     m.cond_dim = 128  # FiLM conditioning vector (time + pooled caption) size
+    m.layout_map = True  # time + caption also paint a map at the lowest resolution (Dense)
     m.cross_attention = False  # also attend over the caption's token states (slower)
     m.attention_size = 8  # cross-attention at feature maps of at most this size
     m.text_encoder = "conv"  # caption encoder: "conv" (dilated 1-D convs) or "transformer"

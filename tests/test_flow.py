@@ -261,6 +261,24 @@ def test_text_encoder_token_states_leave_the_pooled_vector_unchanged():
     np.testing.assert_array_equal(valid, tokens != tokenizer.PAD)
 
 
+def test_layout_map_paints_the_lowest_resolution_from_the_conditioning_vector(variables):
+    family = _family()
+    assert family.config.model.layout_map  # on in the smoke config as in the default
+    unet = variables["params"]["unet"]
+    size = 32 // 2 ** (len(family.config.model.channel_mults) - 1)
+    channels = family.config.model.width * family.config.model.channel_mults[-1]
+    assert unet["layout"]["kernel"].shape == (family.config.model.cond_dim, size * size * channels)
+    plain = jax.eval_shape(_family(layout_map=False).init, jax.random.PRNGKey(0)).params
+    assert "layout" not in plain["unet"]
+    # The path is live: other layout weights, another velocity for the same inputs.
+    tokens = jnp.asarray(_captions(2))
+    x, t = jnp.zeros((2, 32, 32, 3)), jnp.full((2,), 0.9)
+    moved = jax.tree.map(lambda a: a, variables)
+    moved["params"]["unet"]["layout"] = {k: v + 0.5 for k, v in unet["layout"].items()}
+    apply = jax.jit(family.net.apply)
+    assert np.abs(apply(moved, x, t, tokens) - apply(variables, x, t, tokens)).max() > 1e-4
+
+
 def test_cross_attention_switch_adds_attention_that_reads_the_tokens():
     family = _family("cross_attention", attention_size=16)
     variables = _perturbed(family)

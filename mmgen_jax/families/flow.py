@@ -156,6 +156,7 @@ class Flow(base.Family):
                 cross_attention=m.cross_attention,
                 attention_size=m.attention_size,
                 cond_dim=m.cond_dim,
+                layout_map=m.get("layout_map", False),  # runs from before the field: off
                 dtype=dtype,
             ),
             num_classes=m.num_classes if t.aux_classifier_weight else 0,

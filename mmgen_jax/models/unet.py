@@ -96,6 +96,11 @@ class UNet(nn.Module):
         cross_attention: attend over the token states at levels of size <= attention_size.
         attention_size: the largest feature-map size with cross-attention.
         cond_dim: size of the FiLM conditioning vector (time + caption).
+        layout_map: the conditioning vector also paints a map added to the lowest-resolution
+            features (Dense to size x size x channels; its bias is a learned position
+            embedding). FiLM scales channels alike at every position, and convolutions are
+            translation-equivariant, so without it the caption reaches *where* to draw only
+            through the zero padding.
     """
 
     width: int = 32
@@ -104,6 +109,7 @@ class UNet(nn.Module):
     cross_attention: bool = False
     attention_size: int = 8
     cond_dim: int = 128
+    layout_map: bool = False
     num_heads: int = 4
     dtype: Dtype = jnp.float32
 
@@ -137,6 +143,9 @@ class UNet(nn.Module):
             skips.append(h)
             if level < len(self.channel_mults) - 1:
                 h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+        if self.layout_map:
+            layout = dense(h.shape[1] * h.shape[2] * h.shape[3], "layout")(cond)
+            h = h + layout.reshape(h.shape)
         h = ResBlock(h.shape[-1], dtype=self.dtype, name="mid0")(h, cond)
         h = attend(h, "mid_attn")
         h = ResBlock(h.shape[-1], dtype=self.dtype, name="mid1")(h, cond)
