@@ -159,7 +159,8 @@ class Flow(base.Family):
                 layout_map=m.get("layout_map", False),  # runs from before the field: off
                 dtype=dtype,
             ),
-            num_classes=m.num_classes if t.aux_classifier_weight else 0,
+            # Runs from before the label head have neither field: no head.
+            num_classes=m.num_classes if t.get("aux_classifier_weight", 0) else 0,
         )
         tx = optax.adam(t.lr, b1=t.b1, b2=t.b2)
         self.tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), tx) if t.grad_clip else tx
